@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import http.client
 import json
 import math
 import os
@@ -173,7 +174,16 @@ def shard_is_valid(path: Path) -> bool:
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _retry_after(headers) -> float | None:
+    try:
+        return min(float(headers.get("Retry-After", "")), 300.0)
+    except (TypeError, ValueError):
+        return None  # absent, or an HTTP date: fall back to our own backoff
 
 
 def _fetch_once(url: str, part: Path, timeout: float) -> None:
@@ -188,22 +198,25 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
         if e.code == 416 and have:  # nothing left past what we hold: the part is complete
             return
         if e.code in (408, 425, 429) or e.code >= 500:
-            raise _Retryable(f"HTTP {e.code}") from None
+            raise _Retryable(f"HTTP {e.code}", _retry_after(e.headers)) from None
         raise
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        raise _Retryable(str(e)) from None
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
+        raise _Retryable(f"{type(e).__name__}: {e}") from None
     with response:
         resumed = response.status == 206
         expected = response.headers.get("Content-Length")
         mode = "ab" if resumed else "wb"
         got = 0
-        try:
-            with open(part, mode) as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    got += len(chunk)
-        except (TimeoutError, ConnectionError, OSError) as e:
-            raise _Retryable(f"connection broke after {got} bytes: {e}") from None
+        with open(part, mode) as out:  # a disk error here is not retried: it would only repeat
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except (http.client.HTTPException, TimeoutError, ConnectionError, OSError) as e:
+                    raise _Retryable(f"connection broke after {got} bytes: {type(e).__name__}") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                got += len(chunk)
         if expected is not None and got < int(expected):
             raise _Retryable(f"truncated body: {got} of {expected} bytes")
 
@@ -219,6 +232,7 @@ def download_shard(index: int, dest_dir: Path, base_url: str, *, attempts: int =
     url = f"{base_url.rstrip('/')}/{shard_name(index)}"
     last_error = ""
     for attempt in range(attempts):
+        wait = None
         try:
             _fetch_once(url, part, timeout)
             if shard_is_valid(part):
@@ -227,13 +241,16 @@ def download_shard(index: int, dest_dir: Path, base_url: str, *, attempts: int =
             last_error = "the downloaded file is not a readable parquet shard"
             part.unlink(missing_ok=True)  # a bad whole file cannot be resumed
         except _Retryable as e:
-            last_error = str(e)
+            last_error, wait = str(e), e.retry_after
         except urllib.error.HTTPError as e:
             part.unlink(missing_ok=True)
             raise fail(f"{url} answered HTTP {e.code}: check --base-url and --num-shards.") from None
+        except OSError as e:  # writing the shard failed: a full disk, a read-only folder
+            raise fail(f"cannot write {part}: {e.strerror or e}.") from None
         if attempt + 1 < attempts:
-            # Exponential backoff with jitter, so parallel workers do not retry in lockstep.
-            time.sleep(backoff * (2 ** attempt) * (0.5 + random.random()))
+            # The server's Retry-After when it gives one; else exponential backoff with jitter,
+            # so parallel workers do not retry in lockstep.
+            time.sleep(wait if wait is not None else backoff * (2 ** attempt) * (0.5 + random.random()))
     raise RuntimeError(f"{shard_name(index)}: gave up after {attempts} attempts ({last_error})")
 
 

@@ -125,6 +125,17 @@ def _flex_block_mask(window, seq_len, device):
     return _mask_cache[key]
 
 
+def _flex_kernel(on_cuda):
+    """flex_attention, compiled on CUDA: uncompiled it materialises the whole score matrix."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not on_cuda:
+        return flex_attention
+    if "flex_kernel" not in _mask_cache:
+        _mask_cache["flex_kernel"] = torch.compile(flex_attention, dynamic=False)
+    return _mask_cache["flex_kernel"]
+
+
 def _sdpa_mask(window, seq_len, device):
     key = ("sdpa", window, seq_len, str(device))
     if key not in _mask_cache:
@@ -143,9 +154,7 @@ def attention(q, k, v, window, backend=None):
         return out[0] if isinstance(out, tuple) else out
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, time, head_dim)
     if backend == "flex":
-        from torch.nn.attention.flex_attention import flex_attention
-
-        y = flex_attention(q, k, v, block_mask=_flex_block_mask(window, seq_len, q.device))
+        y = _flex_kernel(q.is_cuda)(q, k, v, block_mask=_flex_block_mask(window, seq_len, q.device))
     elif window >= seq_len:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
@@ -457,6 +466,17 @@ def draw_seed():
     return int.from_bytes(os.urandom(8), "big") >> 1
 
 
+def build_model(seq_len, vocab_size, device=DEVICE):
+    """The model this file trains, freshly initialised."""
+    width = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM  # rounded up to whole heads
+    config = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=DEPTH,
+                       n_head=width // HEAD_DIM, n_embd=width, window_pattern=WINDOW_PATTERN,
+                       short_window=seq_len // SHORT_WINDOW_DIVISOR)
+    model = GPT(config).to(device)
+    model.init_weights()
+    return model
+
+
 def main():
     profile = prepare.get_profile(PROFILE)
     TIME_BUDGET = prepare.time_budget(profile)
@@ -478,12 +498,8 @@ def main():
         autocast = nullcontext()
     PEAK_FLOPS = peak_flops(device_name) if DEVICE == "cuda" else None
 
-    width = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM
-    config = GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=tokenizer.get_vocab_size(), n_layer=DEPTH,
-                       n_head=width // HEAD_DIM, n_embd=width, window_pattern=WINDOW_PATTERN,
-                       short_window=MAX_SEQ_LEN // SHORT_WINDOW_DIVISOR)
-    model = GPT(config).to(DEVICE)
-    model.init_weights()
+    model = build_model(MAX_SEQ_LEN, tokenizer.get_vocab_size())
+    config = model.cfg
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.flops_per_token()
     optimizer = build_optimizer(model)
