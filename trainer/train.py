@@ -505,6 +505,9 @@ def main():
     optimizer = build_optimizer(model)
     print(f"device: {device_name} | profile: {PROFILE} | attention: {ATTENTION_BACKEND} | seed: {seed}")
     print(f"model: {config} | params: {num_params / 1e6:.2f}M | FLOPs/token: {flops_per_token:.3e}")
+    if ATTENTION_BACKEND == "flex":
+        for window in set(model.windows):  # build block masks outside the compiled graph
+            _flex_block_mask(window, MAX_SEQ_LEN, DEVICE)
     if COMPILE:
         model = torch.compile(model, dynamic=False)
 
