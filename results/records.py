@@ -1,0 +1,182 @@
+"""What the store holds, as the dataclasses that cross package boundaries."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Status(str, enum.Enum):
+    """Where an experiment is, or how it ended."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    OK = "ok"
+    CRASH = "crash"  # non-zero exit
+    OOM = "oom"  # CUDA out of memory
+    NAN = "nan"  # the trainer printed FAIL
+    TIMEOUT = "timeout"  # ran past budget plus grace
+    HUNG = "hung"  # no output for too long
+    KILLED = "killed"  # stopped by the user
+    INTERRUPTED = "interrupted"  # the supervisor died while it ran
+    REJECTED = "rejected"  # never ran: touched a file it may not, or a person rejected it
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+
+class Decision(str, enum.Enum):
+    KEEP = "keep"
+    DISCARD = "discard"
+
+
+class DecisionSource(str, enum.Enum):
+    AUTO = "auto"
+    USER = "user"
+
+
+# The summary keys every run is expected to print; each has its own column. Any other key a
+# trainer prints is kept in Experiment.extra, never rejected.
+SUMMARY_COLUMNS = {
+    "val_bpb": float, "training_seconds": float, "total_seconds": float, "peak_vram_mb": float,
+    "mfu_percent": float, "total_tokens_M": float, "num_steps": int, "num_params_M": float,
+    "depth": int, "attention_backend": str, "startup_seconds": float, "seed": str, "device_name": str,
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One supervisor session: a tag on a repository, from start to quit."""
+
+    id: str
+    tag: str
+    repo: str
+    started_at: datetime
+    config: dict = field(default_factory=dict)
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One proposal and what became of it. `id` is assigned by the store."""
+
+    run_id: str
+    lane: int
+    description: str
+    status: Status = Status.QUEUED
+    id: int | None = None
+    kind: str = "proposal"  # proposal | baseline | rerun | verification
+    gpu_index: int | None = None
+    gpu_uuid: str | None = None
+    gpu_name: str | None = None
+    worktree: str | None = None
+    branch: str | None = None
+    parent_commit: str | None = None
+    commit: str | None = None
+    hypothesis: str | None = None
+    agent: str | None = None
+    decision: Decision | None = None
+    decision_source: DecisionSource | None = None
+    decision_reason: str | None = None
+    summary: dict = field(default_factory=dict)  # SUMMARY_COLUMNS values, typed
+    extra: dict = field(default_factory=dict)  # any other summary keys, as printed
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    log_path: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+
+    @property
+    def val_bpb(self) -> float | None:
+        return self.summary.get("val_bpb")
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One progress line of a run."""
+
+    experiment_id: int
+    step: int
+    t: datetime
+    pct: float | None = None
+    loss: float | None = None
+    lrm: float | None = None
+    dt_ms: float | None = None
+    tok_per_sec: float | None = None
+    mfu: float | None = None
+    epoch: int | None = None
+    remaining_s: float | None = None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One telemetry reading of one GPU; None where the card does not report a value."""
+
+    t: datetime
+    gpu_index: int
+    gpu_uuid: str | None = None
+    util_pct: float | None = None
+    mem_used_mb: float | None = None
+    mem_total_mb: float | None = None
+    temp_c: float | None = None
+    power_w: float | None = None
+    sm_clock_mhz: float | None = None
+    throttle_reasons: str | None = None
+
+
+@dataclass(frozen=True)
+class LlmCall:
+    t: datetime
+    run_id: str
+    role: str  # worker | orchestrator | memory
+    provider: str
+    model: str
+    outcome: str  # ok | error | rate_limited | timeout
+    lane: int | None = None
+    experiment_id: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None  # None when the model's price is unknown
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Memory:
+    text: str
+    tags: tuple[str, ...] = ()
+    author: str = ""
+    run_id: str | None = None
+    experiment_id: int | None = None
+    id: int | None = None
+    t: datetime | None = None
+    score: float | None = None  # relevance, set by recall
+
+
+@dataclass(frozen=True)
+class Event:
+    """Anything else worth a row: overrides, pauses, promotions, errors."""
+
+    t: datetime
+    run_id: str
+    kind: str
+    source: str = "auto"  # auto | user
+    lane: int | None = None
+    experiment_id: int | None = None
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    rank: int
+    experiment_id: int
+    commit: str | None
+    val_bpb: float
+    delta: float | None  # against the baseline; negative is better
+    status: Status
+    decision: Decision | None
+    lane: int
+    description: str
+    peak_vram_mb: float | None

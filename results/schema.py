@@ -1,0 +1,121 @@
+"""The store's schema as a list of forward migrations.
+
+A file records its version in `schema_version`. Opening a file written by an older release
+applies the missing migrations in one transaction; a file from a newer release is refused.
+Migrations only ever run when a file is opened for writing, never while a run is live."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .memory_index import index_terms
+
+_V1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL);
+CREATE TABLE runs (
+    id VARCHAR PRIMARY KEY, tag VARCHAR NOT NULL, repo VARCHAR NOT NULL,
+    started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, host VARCHAR, config JSON
+);
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY, run_id VARCHAR NOT NULL, lane INTEGER NOT NULL,
+    kind VARCHAR NOT NULL DEFAULT 'proposal',
+    gpu_index INTEGER, gpu_uuid VARCHAR, gpu_name VARCHAR, worktree VARCHAR, branch VARCHAR,
+    parent_commit VARCHAR, "commit" VARCHAR, description VARCHAR NOT NULL, hypothesis VARCHAR,
+    agent VARCHAR, status VARCHAR NOT NULL, decision VARCHAR, decision_source VARCHAR,
+    decision_reason VARCHAR,
+    val_bpb DOUBLE, training_seconds DOUBLE, total_seconds DOUBLE, peak_vram_mb DOUBLE,
+    mfu_percent DOUBLE, total_tokens_M DOUBLE, num_steps INTEGER, num_params_M DOUBLE,
+    depth INTEGER, attention_backend VARCHAR, startup_seconds DOUBLE, seed VARCHAR,
+    device_name VARCHAR, extra JSON,
+    started_at TIMESTAMP, finished_at TIMESTAMP, log_path VARCHAR, exit_code INTEGER, error VARCHAR
+);
+CREATE TABLE metrics (
+    experiment_id INTEGER NOT NULL, step INTEGER NOT NULL, t TIMESTAMP NOT NULL, pct DOUBLE,
+    loss DOUBLE, lrm DOUBLE, dt_ms DOUBLE, tok_per_sec DOUBLE, mfu DOUBLE, epoch INTEGER,
+    remaining_s DOUBLE
+);
+CREATE TABLE telemetry (
+    t TIMESTAMP NOT NULL, gpu_index INTEGER NOT NULL, gpu_uuid VARCHAR, util_pct DOUBLE,
+    mem_used_mb DOUBLE, mem_total_mb DOUBLE, temp_c DOUBLE, power_w DOUBLE,
+    sm_clock_mhz DOUBLE, throttle_reasons VARCHAR
+);
+CREATE TABLE llm_calls (
+    id INTEGER PRIMARY KEY, t TIMESTAMP NOT NULL, run_id VARCHAR NOT NULL, role VARCHAR NOT NULL,
+    provider VARCHAR NOT NULL, model VARCHAR NOT NULL, outcome VARCHAR NOT NULL, lane INTEGER,
+    experiment_id INTEGER, input_tokens INTEGER, output_tokens INTEGER, cost_usd DOUBLE,
+    latency_ms DOUBLE, error VARCHAR
+);
+CREATE TABLE memories (
+    id INTEGER PRIMARY KEY, t TIMESTAMP NOT NULL, run_id VARCHAR, experiment_id INTEGER,
+    author VARCHAR, text VARCHAR NOT NULL, tags VARCHAR[]
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY, t TIMESTAMP NOT NULL, run_id VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+    source VARCHAR NOT NULL, lane INTEGER, experiment_id INTEGER, detail JSON
+);
+CREATE INDEX experiments_by_run ON experiments (run_id);
+"""
+
+# v2: relevance search over memories (BM25 in SQL; DuckDB's fts extension needs a download).
+_V2 = """
+ALTER TABLE memories ADD COLUMN doc_len INTEGER;
+CREATE TABLE memory_terms (memory_id INTEGER NOT NULL, term VARCHAR NOT NULL, tf INTEGER NOT NULL);
+"""
+
+
+def _v2_backfill(con) -> None:
+    rows = con.execute("SELECT id, text, tags FROM memories").fetchall()
+    for memory_id, text, tags in rows:
+        terms = index_terms(text, tags or ())
+        con.execute("UPDATE memories SET doc_len = ? WHERE id = ?", [sum(terms.values()), memory_id])
+        if terms:
+            con.executemany("INSERT INTO memory_terms VALUES (?, ?, ?)",
+                            [(memory_id, term, tf) for term, tf in terms.items()])
+
+
+def _script(sql: str) -> Callable:
+    def apply(con) -> None:
+        for statement in filter(str.strip, sql.split(";")):
+            con.execute(statement)
+    return apply
+
+
+def _v2(con) -> None:
+    _script(_V2)(con)
+    _v2_backfill(con)
+
+
+MIGRATIONS: list[Callable] = [_script(_V1), _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
+TABLES = ["runs", "experiments", "metrics", "telemetry", "llm_calls", "memories", "memory_terms", "events"]
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+def current_version(con) -> int:
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
+    if not has_table:
+        return 0
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def migrate(con, target: int = SCHEMA_VERSION) -> int:
+    """Bring the file up to `target`, all or nothing. Returns the version it was at."""
+    found = current_version(con)
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(found)
+    if found >= target:
+        return found
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for version in range(found + 1, target + 1):
+            MIGRATIONS[version - 1](con)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return found

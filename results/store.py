@@ -1,0 +1,389 @@
+"""The experiment log: one DuckDB file, one writer, readers that never see a lock error.
+
+The supervisor process owns the only read-write connection (DuckDB allows one writing process
+per file). Every experiment row is committed the moment it changes; progress lines and GPU
+samples are batched. After each finished experiment the writer refreshes a Parquet snapshot
+next to the file (written to a temporary folder, then renamed, then pointed to), so `report`
+and other readers in other processes can read while a run is live."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import astuple, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from . import queries
+from .memory_index import index_terms
+from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory,
+                      MetricPoint, Run, Status, SUMMARY_COLUMNS)
+from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
+
+BIG_TABLES = ("metrics", "telemetry")  # snapshotted on a slower cadence: they dominate the size
+SNAPSHOTS_KEPT = 3
+
+
+class StoreError(Exception):
+    """A problem with the file the user pointed at; the message is one sentence to show them."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def snapshot_root(path: Path) -> Path:
+    return path.with_name(path.name + ".snapshots")
+
+
+def _connect(path: Path, read_only: bool):
+    """Open the file, turning DuckDB's errors into sentences. Never creates or truncates a file
+    that exists but is not ours."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a DuckDB file.")
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as e:
+        message = str(e)
+        if "Could not set lock" in message or "Conflicting lock" in message:
+            raise _Locked(message) from None
+        if "not a valid DuckDB database" in message or "Corrupt" in message or "corrupt" in message:
+            raise StoreError(f"{path} is not a readable DuckDB database (it was left untouched).") from None
+        raise StoreError(f"cannot open {path}: {message.splitlines()[0]}") from None
+
+
+class _Locked(Exception):
+    pass
+
+
+def _check_writable_folder(path: Path) -> None:
+    folder = path.parent
+    if not folder.exists():
+        try:
+            folder.mkdir(parents=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder {folder}: {e.strerror}.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write in {folder}: choose another --db path.")
+
+
+class Store:
+    """The writer. Not for use from several threads without care: every method takes one lock."""
+
+    def __init__(self, path: str | os.PathLike, *, flush_rows: int = 10_000, flush_seconds: float = 1.0,
+                 full_snapshot_seconds: float = 600.0):
+        self.path = Path(path)
+        _check_writable_folder(self.path)
+        try:
+            self.con = _connect(self.path, read_only=False)
+        except _Locked:
+            raise StoreError(f"{self.path} is open in another supervisor; stop it first.") from None
+        try:
+            self.upgraded_from = migrate(self.con)
+        except SchemaTooNew as e:
+            self.con.close()
+            raise StoreError(f"{self.path} was written by a newer autoresearch-tui (schema {e.args[0]}, "
+                             f"this one knows {SCHEMA_VERSION}): upgrade autoresearch-tui.") from None
+        self._lock = threading.RLock()
+        self._next_id = {t: self._max_id(t) + 1 for t in ("experiments", "llm_calls", "memories", "events")}
+        self._metrics: list[tuple] = []
+        self._samples: list[tuple] = []
+        self._last_flush = time.monotonic()
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.full_snapshot_seconds = full_snapshot_seconds
+        self._last_full_snapshot = float("-inf")
+        self.refresh_snapshot(full=True)
+
+    def _max_id(self, table: str) -> int:
+        return self.con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+
+    def _take_id(self, table: str) -> int:
+        value = self._next_id[table]
+        self._next_id[table] += 1
+        return value
+
+    # -- runs and experiments: committed at once ------------------------------------------
+
+    def start_run(self, run: Run) -> None:
+        with self._lock:
+            self.con.execute(
+                "INSERT INTO runs (id, tag, repo, started_at, host, config) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                [run.id, run.tag, run.repo, run.started_at, run.host, json.dumps(run.config)])
+
+    def finish_run(self, run_id: str) -> None:
+        with self._lock:
+            self.con.execute("UPDATE runs SET finished_at = ? WHERE id = ?", [utcnow(), run_id])
+
+    def add_experiment(self, exp: Experiment) -> Experiment:
+        """Insert a new experiment; returns it with its id."""
+        with self._lock:
+            exp = replace(exp, id=self._take_id("experiments"))
+            columns, values = self._experiment_values(exp)
+            marks = ", ".join("?" for _ in values)
+            self.con.execute(f"INSERT INTO experiments ({columns}) VALUES ({marks})", values)
+            return exp
+
+    def save_experiment(self, exp: Experiment) -> None:
+        """Write every field of an existing experiment (status, commit, summary, ...). When it
+        has finished, its buffered progress lines are written first and the snapshot refreshed,
+        so a reader never sees a result without its curve."""
+        if exp.id is None:
+            raise ValueError("save_experiment needs an experiment from add_experiment")
+        with self._lock:
+            if exp.status.finished:
+                self.flush()
+            columns, values = self._experiment_values(exp)
+            assignments = ", ".join(f"{c} = ?" for c in columns.split(", "))
+            self.con.execute(f"UPDATE experiments SET {assignments} WHERE id = ?", [*values, exp.id])
+            if exp.status.finished:
+                self.refresh_snapshot()
+
+    def record_decision(self, experiment_id: int, decision: Decision, source: DecisionSource,
+                        reason: str, run_id: str) -> None:
+        with self._lock:
+            self.con.execute(
+                "UPDATE experiments SET decision = ?, decision_source = ?, decision_reason = ? WHERE id = ?",
+                [decision.value, source.value, reason, experiment_id])
+            self.add_event(Event(t=utcnow(), run_id=run_id, kind=f"decision:{decision.value}",
+                                 source=source.value, experiment_id=experiment_id, detail={"reason": reason}))
+            self.refresh_snapshot()
+
+    def interrupt_unfinished(self, run_id: str) -> list[int]:
+        """Mark experiments that were running when a supervisor died; returns their ids."""
+        with self._lock:
+            ids = [r[0] for r in self.con.execute(
+                "SELECT id FROM experiments WHERE run_id = ? AND status = 'running' ORDER BY id", [run_id]).fetchall()]
+            if ids:
+                self.con.execute(
+                    "UPDATE experiments SET status = 'interrupted', finished_at = ? WHERE id IN "
+                    "(SELECT unnest(?::INTEGER[]))", [utcnow(), ids])
+            return ids
+
+    @staticmethod
+    def _experiment_values(exp: Experiment):
+        row = {
+            "id": exp.id, "run_id": exp.run_id, "lane": exp.lane, "kind": exp.kind,
+            "gpu_index": exp.gpu_index, "gpu_uuid": exp.gpu_uuid, "gpu_name": exp.gpu_name,
+            "worktree": exp.worktree, "branch": exp.branch, "parent_commit": exp.parent_commit,
+            '"commit"': exp.commit, "description": exp.description, "hypothesis": exp.hypothesis,
+            "agent": exp.agent, "status": exp.status.value,
+            "decision": exp.decision.value if exp.decision else None,
+            "decision_source": exp.decision_source.value if exp.decision_source else None,
+            "decision_reason": exp.decision_reason,
+            **{k: exp.summary.get(k) for k in SUMMARY_COLUMNS},
+            "extra": json.dumps(exp.extra) if exp.extra else None,
+            "started_at": exp.started_at, "finished_at": exp.finished_at, "log_path": exp.log_path,
+            "exit_code": exp.exit_code, "error": exp.error,
+        }
+        return ", ".join(row), list(row.values())
+
+    # -- high-rate rows: batched ------------------------------------------------------------
+
+    def add_metric(self, point: MetricPoint) -> None:
+        with self._lock:
+            self._metrics.append(astuple(point))
+            self._maybe_flush()
+
+    def add_sample(self, sample: GpuSample) -> None:
+        with self._lock:
+            self._samples.append(astuple(sample))
+            self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        pending = len(self._metrics) + len(self._samples)
+        if pending >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered progress lines and GPU samples in one transaction each table."""
+        with self._lock:
+            for table, rows, cls in (("metrics", self._metrics, MetricPoint), ("telemetry", self._samples, GpuSample)):
+                if rows:
+                    names = [f.name for f in fields(cls)]
+                    batch = pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+                    self.con.register("_batch", batch)
+                    try:
+                        self.con.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM _batch")
+                    finally:
+                        self.con.unregister("_batch")
+                    rows.clear()
+            self._last_flush = time.monotonic()
+
+    # -- low-rate rows ------------------------------------------------------------------------
+
+    def add_llm_call(self, call: LlmCall) -> int:
+        with self._lock:
+            call_id = self._take_id("llm_calls")
+            names = [f.name for f in fields(LlmCall)]
+            self.con.execute(f"INSERT INTO llm_calls (id, {', '.join(names)}) VALUES (?{', ?' * len(names)})",
+                             [call_id, *astuple(call)])
+            return call_id
+
+    def add_event(self, event: Event) -> int:
+        with self._lock:
+            event_id = self._take_id("events")
+            self.con.execute(
+                "INSERT INTO events (id, t, run_id, kind, source, lane, experiment_id, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [event_id, event.t, event.run_id, event.kind, event.source, event.lane,
+                 event.experiment_id, json.dumps(event.detail)])
+            return event_id
+
+    def remember(self, text: str, tags=(), *, author: str = "", run_id: str | None = None,
+                 experiment_id: int | None = None) -> int:
+        """Store a memory and index its terms for recall, in one transaction."""
+        with self._lock:
+            memory_id = self._take_id("memories")
+            counts = index_terms(text, tags)
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.execute(
+                    "INSERT INTO memories (id, t, run_id, experiment_id, author, text, tags, doc_len) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [memory_id, utcnow(), run_id, experiment_id, author, text, list(tags), sum(counts.values())])
+                if counts:
+                    self.con.executemany("INSERT INTO memory_terms VALUES (?, ?, ?)",
+                                         [(memory_id, term, tf) for term, tf in counts.items()])
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            return memory_id
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def recall(self, query: str, k: int = 5) -> list[Memory]:
+        with self._lock:
+            return queries.recall(self.con, query, k)
+
+    def experiments(self, run_id: str | None = None) -> list[Experiment]:
+        with self._lock:
+            return queries.experiments(self.con, run_id)
+
+    def leaderboard(self, run_id: str | None = None, limit: int | None = None):
+        with self._lock:
+            return queries.leaderboard(self.con, run_id, limit)
+
+    # -- snapshots for readers in other processes -------------------------------------------
+
+    def refresh_snapshot(self, full: bool = False) -> Path:
+        """Export the tables to Parquet under <db>.snapshots/<n>/ and point CURRENT at it.
+        Progress lines and GPU samples are re-exported only every full_snapshot_seconds (or when
+        full=True); in between, the previous files are hard-linked, which costs nothing."""
+        with self._lock:
+            self.flush()
+            root = snapshot_root(self.path)
+            root.mkdir(exist_ok=True)
+            previous = _current_snapshot(root)
+            full = full or previous is None or time.monotonic() - self._last_full_snapshot >= self.full_snapshot_seconds
+            number = int(previous.name) + 1 if previous is not None else 1
+            tmp = root / f".tmp-{number:08d}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for table in TABLES:
+                target = tmp / f"{table}.parquet"
+                if not full and table in BIG_TABLES and (previous / target.name).exists():
+                    os.link(previous / target.name, target)
+                else:
+                    self.con.execute(f"COPY (SELECT * FROM {table}) TO '{target}' (FORMAT parquet)")
+            final = root / f"{number:08d}"
+            os.rename(tmp, final)
+            pointer = root / "CURRENT.tmp"
+            pointer.write_text(final.name)
+            os.replace(pointer, root / "CURRENT")
+            if full:
+                self._last_full_snapshot = time.monotonic()
+            for old in sorted(p for p in root.iterdir() if p.name.isdigit())[:-SNAPSHOTS_KEPT]:
+                shutil.rmtree(old, ignore_errors=True)
+            return final
+
+    def close(self) -> None:
+        with self._lock:
+            if self.con is None:
+                return
+            self.refresh_snapshot(full=True)
+            self.con.close()
+            self.con = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _current_snapshot(root: Path) -> Path | None:
+    try:
+        name = (root / "CURRENT").read_text().strip()
+    except OSError:
+        return None
+    path = root / name
+    return path if path.is_dir() else None
+
+
+class Reader:
+    """Read access from any process. With no writer, it opens the file read-only; while a
+    supervisor holds the file, it reads the writer's latest Parquet snapshot instead."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"no experiment log at {self.path}: run the supervisor first or pass --db.")
+        try:
+            self.con = _connect(self.path, read_only=True)
+            self.live = False
+            if current_version(self.con) != SCHEMA_VERSION:
+                self.con.close()
+                self._upgrade()
+                self.con = _connect(self.path, read_only=True)
+        except _Locked:
+            self.con = self._open_snapshot()
+            self.live = True
+
+    def _upgrade(self) -> None:
+        Store(self.path).close()  # migrates forward, or refuses a newer file with a clear message
+
+    def _open_snapshot(self):
+        snapshot = _current_snapshot(snapshot_root(self.path))
+        if snapshot is None:
+            raise StoreError(f"{self.path} is being written and has no snapshot yet; try again in a moment.")
+        con = duckdb.connect()
+        for table in TABLES:
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{snapshot / (table + '.parquet')}')")
+        return con
+
+    def experiments(self, run_id: str | None = None) -> list[Experiment]:
+        return queries.experiments(self.con, run_id)
+
+    def leaderboard(self, run_id: str | None = None, limit: int | None = None):
+        return queries.leaderboard(self.con, run_id, limit)
+
+    def recall(self, query: str, k: int = 5) -> list[Memory]:
+        return queries.recall(self.con, query, k)
+
+    def export_parquet(self, folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for table in TABLES:
+            target = folder / f"{table}.parquet"
+            tmp = folder / f".{table}.parquet.tmp"
+            self.con.execute(f"COPY (SELECT * FROM {table}) TO '{tmp}' (FORMAT parquet)")
+            os.replace(tmp, target)
+            out.append(target)
+        return out
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
