@@ -242,3 +242,12 @@ def test_a_corrupt_database_gets_one_sentence_and_is_never_rewritten(tmp_path):
     with pytest.raises(StoreError):
         Store(db)
     assert db.read_bytes() == before
+
+
+def test_a_folder_with_a_quote_in_its_name_works(tmp_path):
+    db = tmp_path / "bob's runs" / "log.duckdb"
+    with Store(db) as store:
+        store.add_experiment(Experiment(run_id="r", lane=0, description="x"))
+    with Reader(db) as reader:
+        assert len(reader.experiments()) == 1
+        reader.export_parquet(tmp_path / "it's here")
