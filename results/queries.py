@@ -44,7 +44,8 @@ def experiments(con, run_id: str | None = None) -> list[Experiment]:
 def leaderboard(con, run_id: str | None = None, limit: int | None = None) -> list[LeaderboardRow]:
     """Finished experiments, best val_bpb first (those without one last). The delta is against
     the median of the baseline runs on the same GPU model, since a faster card trains further
-    in the same budget and its numbers are not comparable with a slower one's."""
+    in the same budget and its numbers are not comparable with a slower one's. `limit` keeps
+    the best N rows; None or 0 means every row (as `report --limit 0` does)."""
     where = "WHERE status NOT IN ('queued', 'running')" + (" AND run_id = $run" if run_id else "")
     base_where = "WHERE kind = 'baseline' AND status = 'ok' AND val_bpb IS NOT NULL" + (
         " AND run_id = $run" if run_id else "")

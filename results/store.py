@@ -2,13 +2,16 @@
 
 The supervisor process owns the only read-write connection (DuckDB allows one writing process
 per file). Every experiment row is committed the moment it changes; progress lines and GPU
-samples are batched. After each finished experiment the writer refreshes a Parquet snapshot
-next to the file (written to a temporary folder, then renamed, then pointed to), so `report`
-and other readers in other processes can read while a run is live."""
+samples are batched. After each finished experiment a background thread refreshes a Parquet
+snapshot next to the file (written to a temporary folder, renamed, then pointed to), so
+`report` and other readers in other processes can read while a run is live. The snapshot is
+taken on its own cursor inside one transaction, so it is consistent across tables and never
+holds up the writer: a finished experiment is durable as soon as its UPDATE commits."""
 
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import shutil
@@ -27,16 +30,24 @@ from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, Ll
                       MetricPoint, Run, Status, SUMMARY_COLUMNS)
 from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
 
-BIG_TABLES = ("metrics", "telemetry")
+BIG_TABLES = ("metrics", "telemetry")  # snapshotted on a slower cadence: they dominate the size
 # attrgetter, not dataclasses.astuple: astuple deep-copies and cost ~16 us a row (bench/).
 _METRIC_ROW = operator.attrgetter(*(f.name for f in fields(MetricPoint)))
 _SAMPLE_ROW = operator.attrgetter(*(f.name for f in fields(GpuSample)))
 
 
+log = logging.getLogger("autoresearch.store")
+
+
 def _sql_path(path) -> str:
     """A path as a SQL string literal (a folder may contain a quote)."""
-    return "'" + str(path).replace("'", "''") + "'"  # snapshotted on a slower cadence: they dominate the size
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 SNAPSHOTS_KEPT = 3
+# A reader that opened an older snapshot keeps reading its files, so none is deleted before it
+# is this old, however many newer ones there are.
+SNAPSHOT_GRACE_SECONDS = 120.0
 
 
 class StoreError(Exception):
@@ -86,7 +97,7 @@ class Store:
     """The writer. Not for use from several threads without care: every method takes one lock."""
 
     def __init__(self, path: str | os.PathLike, *, flush_rows: int = 10_000, flush_seconds: float = 1.0,
-                 full_snapshot_seconds: float = 600.0):
+                 full_snapshot_seconds: float = 120.0):
         self.path = Path(path)
         _check_writable_folder(self.path)
         try:
@@ -105,9 +116,11 @@ class Store:
         self._samples: list[tuple] = []
         self._last_flush = time.monotonic()
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self.full_snapshot_seconds = full_snapshot_seconds
-        self._last_full_snapshot = float("-inf")
-        self.refresh_snapshot(full=True)
+        self._big_tables_changed = True
+        # The previous session's snapshot stays readable until the first one of this session
+        # lands; that one re-exports every table, in the background.
+        self._snapshots = _Snapshotter(self, full_snapshot_seconds)
+        self._snapshots.request(full=True)
 
     def _max_id(self, table: str) -> int:
         return self.con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
@@ -152,7 +165,7 @@ class Store:
             assignments = ", ".join(f"{c} = ?" for c in columns.split(", "))
             self.con.execute(f"UPDATE experiments SET {assignments} WHERE id = ?", [*values, exp.id])
             if exp.status.finished:
-                self.refresh_snapshot()
+                self._snapshots.request()
 
     def record_decision(self, experiment_id: int, decision: Decision, source: DecisionSource,
                         reason: str, run_id: str) -> None:
@@ -162,7 +175,7 @@ class Store:
                 [decision.value, source.value, reason, experiment_id])
             self.add_event(Event(t=utcnow(), run_id=run_id, kind=f"decision:{decision.value}",
                                  source=source.value, experiment_id=experiment_id, detail={"reason": reason}))
-            self.refresh_snapshot()
+            self._snapshots.request()
 
     def interrupt_unfinished(self, run_id: str) -> list[int]:
         """Mark experiments that were running when a supervisor died; returns their ids."""
@@ -223,6 +236,7 @@ class Store:
                     finally:
                         self.con.unregister("_batch")
                     rows.clear()
+                    self._big_tables_changed = True
             self._last_flush = time.monotonic()
 
     # -- low-rate rows ------------------------------------------------------------------------
@@ -282,42 +296,24 @@ class Store:
 
     # -- snapshots for readers in other processes -------------------------------------------
 
-    def refresh_snapshot(self, full: bool = False) -> Path:
-        """Export the tables to Parquet under <db>.snapshots/<n>/ and point CURRENT at it.
-        Progress lines and GPU samples are re-exported only every full_snapshot_seconds (or when
-        full=True); in between, the previous files are hard-linked, which costs nothing."""
-        with self._lock:
-            self.flush()
-            root = snapshot_root(self.path)
-            root.mkdir(exist_ok=True)
-            previous = _current_snapshot(root)
-            full = full or previous is None or time.monotonic() - self._last_full_snapshot >= self.full_snapshot_seconds
-            number = int(previous.name) + 1 if previous is not None else 1
-            tmp = root / f".tmp-{number:08d}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            for table in TABLES:
-                target = tmp / f"{table}.parquet"
-                if not full and table in BIG_TABLES and (previous / target.name).exists():
-                    os.link(previous / target.name, target)
-                else:
-                    self.con.execute(f"COPY (SELECT * FROM {table}) TO {_sql_path(target)} (FORMAT parquet)")
-            final = root / f"{number:08d}"
-            os.rename(tmp, final)
-            pointer = root / "CURRENT.tmp"
-            pointer.write_text(final.name)
-            os.replace(pointer, root / "CURRENT")
-            if full:
-                self._last_full_snapshot = time.monotonic()
-            for old in sorted(p for p in root.iterdir() if p.name.isdigit())[:-SNAPSHOTS_KEPT]:
-                shutil.rmtree(old, ignore_errors=True)
-            return final
+    def refresh_snapshot(self, full: bool = False, timeout: float | None = None) -> Path | None:
+        """Take a snapshot now and wait for it (the writer's methods only ask for one). With
+        full=True the progress lines and GPU samples are re-exported too. Returns the folder."""
+        self.flush()
+        return self._snapshots.wait(self._snapshots.request(full), timeout)
+
+    @property
+    def snapshot_error(self) -> str | None:
+        """Why the last snapshot failed, if it did (the log has the traceback)."""
+        return self._snapshots.error
 
     def close(self) -> None:
         with self._lock:
             if self.con is None:
                 return
-            self.refresh_snapshot(full=True)
+            self.flush()
+            # Readers open the file itself once it is closed, so an unfinished snapshot is moot.
+            self._snapshots.stop()
             self.con.close()
             self.con = None
 
@@ -326,6 +322,124 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Snapshotter:
+    """Refreshes the Parquet snapshot on its own thread and its own DuckDB cursor. Requests
+    coalesce: however many experiments finish during one export, the next export covers them
+    all. A failed export (a full disk, say) is logged and leaves the previous snapshot in place;
+    it never reaches the writer."""
+
+    def __init__(self, store: Store, full_every: float):
+        self.store = store
+        self.root = snapshot_root(store.path)
+        self.full_every = full_every
+        self.cursor = store.con.cursor()
+        self.error: str | None = None
+        self.latest: Path | None = None
+        self._changed = threading.Condition()
+        self._requested = self._done = 0
+        self._full_wanted = False
+        self._last_full = float("-inf")
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="store-snapshots", daemon=True)
+        self._thread.start()
+
+    def request(self, full: bool = False) -> int:
+        with self._changed:
+            self._requested += 1
+            self._full_wanted |= full
+            self._changed.notify_all()
+            return self._requested
+
+    def wait(self, ticket: int, timeout: float | None = None) -> Path | None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._done >= ticket or self._stopping, timeout)
+            return self.latest
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        try:
+            self.cursor.interrupt()
+        except duckdb.Error:
+            pass
+        self._thread.join()
+        self.cursor.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._requested > self._done or self._stopping)
+                if self._stopping:
+                    return
+                ticket, full = self._requested, self._full_wanted
+                self._full_wanted = False
+            full = full or time.monotonic() - self._last_full >= self.full_every
+            try:
+                self.latest = self._export(full and self.store._big_tables_changed)
+                self.error = None
+            except Exception as e:  # noqa: BLE001 - the writer must outlive a failed snapshot
+                if not self._stopping:
+                    self.error = f"{type(e).__name__}: {e}"
+                    log.exception("snapshot of %s failed; readers keep the previous one", self.store.path)
+            with self._changed:
+                self._done = ticket
+                self._changed.notify_all()
+
+    def _export(self, full: bool) -> Path:
+        self.root.mkdir(exist_ok=True)
+        previous = _current_snapshot(self.root)
+        full = full or previous is None
+        number = int(previous.name) + 1 if previous is not None else 1
+        tmp = self.root / f".tmp-{number:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            if full:
+                # Cleared before the export: rows flushed during it set it again.
+                self.store._big_tables_changed = False
+            self.cursor.execute("BEGIN TRANSACTION")  # one consistent view of every table
+            try:
+                for table in TABLES:
+                    target = tmp / f"{table}.parquet"
+                    if not full and table in BIG_TABLES and (previous / target.name).exists():
+                        os.link(previous / target.name, target)
+                    else:
+                        self.cursor.execute(f"COPY (SELECT * FROM {table}) TO {_sql_path(target)} (FORMAT parquet)")
+            finally:
+                try:
+                    self.cursor.execute("ROLLBACK")  # read-only: nothing to commit
+                except duckdb.Error:
+                    pass
+            final = self.root / f"{number:08d}"
+            os.rename(tmp, final)
+        except BaseException:
+            if full:
+                self.store._big_tables_changed = True
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        pointer = self.root / "CURRENT.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, self.root / "CURRENT")
+        if full:
+            self._last_full = time.monotonic()
+        self._prune(final)
+        return final
+
+    def _prune(self, current: Path) -> None:
+        now = time.time()
+        older = sorted(p for p in self.root.iterdir() if p.name.isdigit() and p != current)
+        for old in older[:-(SNAPSHOTS_KEPT - 1) or None]:
+            try:
+                if now - old.stat().st_mtime >= SNAPSHOT_GRACE_SECONDS:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        for stale in self.root.glob(".tmp-*"):  # left by a writer that was killed mid-export
+            if not stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _current_snapshot(root: Path) -> Path | None:

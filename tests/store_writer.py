@@ -22,6 +22,7 @@ for i in range(count):
     store.save_experiment(replace(exp, status=Status.OK, summary={"val_bpb": 1.0 - i / 1000},
                                   commit=f"{i:07x}", finished_at=utcnow()))
     print(f"committed {exp.id}", flush=True)
+store.refresh_snapshot()  # snapshots are taken in the background; publish the last one now
 print("holding", flush=True)
 time.sleep(hold)
 store.close()

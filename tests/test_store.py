@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from results.records import Decision, DecisionSource, Experiment, Run, Status
+from results.records import Decision, DecisionSource, Experiment, MetricPoint, Run, Status
 from results.schema import SCHEMA_VERSION, migrate
 from results.store import Reader, Store, StoreError, utcnow
 
@@ -251,3 +251,38 @@ def test_a_folder_with_a_quote_in_its_name_works(tmp_path):
     with Reader(db) as reader:
         assert len(reader.experiments()) == 1
         reader.export_parquet(tmp_path / "it's here")
+
+
+def test_a_snapshot_that_cannot_be_written_never_stops_the_writer(tmp_path, caplog):
+    db = tmp_path / "log.duckdb"
+    (tmp_path / "log.duckdb.snapshots").write_text("a file where the snapshot folder should be")
+    with Store(db) as store:
+        e = store.add_experiment(Experiment(run_id="r", lane=0, description="still recorded"))
+        store.save_experiment(replace(e, status=Status.OK, summary={"val_bpb": 0.98}))
+        assert store.refresh_snapshot(timeout=30) is None
+        assert store.snapshot_error is not None
+        assert [x.summary["val_bpb"] for x in store.experiments()] == [0.98]
+    assert "snapshot of" in caplog.text and "Traceback" in caplog.text
+    with Reader(db) as reader:
+        assert [x.description for x in reader.experiments()] == ["still recorded"]
+
+
+def test_a_live_snapshot_is_consistent_and_old_ones_are_pruned(tmp_path, monkeypatch):
+    import results.store as store_module
+    monkeypatch.setattr(store_module, "SNAPSHOT_GRACE_SECONDS", 0.0)
+    db = tmp_path / "log.duckdb"
+    with Store(db, flush_seconds=3600) as store:
+        for i in range(6):
+            e = store.add_experiment(Experiment(run_id="r", lane=0, description=f"e{i}", status=Status.RUNNING))
+            for step in range(5):
+                store.add_metric(MetricPoint(experiment_id=e.id, step=step, t=utcnow(), loss=3.0))
+            store.save_experiment(replace(e, status=Status.OK, summary={"val_bpb": 1.0 - i / 100}))
+            store.record_decision(e.id, Decision.KEEP, DecisionSource.AUTO, "better", run_id="r")
+        latest = store.refresh_snapshot(full=True)
+        kept = sorted(p.name for p in latest.parent.iterdir() if p.name.isdigit())
+        assert len(kept) == store_module.SNAPSHOTS_KEPT and latest.name == kept[-1]
+        view = duckdb.connect()
+        finished = view.execute(f"SELECT count(*) FROM read_parquet('{latest / 'experiments.parquet'}') "
+                                "WHERE decision = 'keep'").fetchone()[0]
+        curves = view.execute(f"SELECT count(*) FROM read_parquet('{latest / 'metrics.parquet'}')").fetchone()[0]
+        assert (finished, curves) == (6, 30)
