@@ -32,12 +32,16 @@ def experiment_from_row(row) -> Experiment:
     )
 
 
-def experiments(con, run_id: str | None = None) -> list[Experiment]:
+def experiments(con, run_id: str | None = None, tag: str | None = None) -> list[Experiment]:
+    """Experiments in id order: all, one run's, or every run's of one research tag."""
     sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments"
     params = []
     if run_id is not None:
         sql += " WHERE run_id = ?"
         params.append(run_id)
+    elif tag is not None:
+        sql += " WHERE run_id IN (SELECT id FROM runs WHERE tag = ?)"
+        params.append(tag)
     return [experiment_from_row(r) for r in con.execute(sql + " ORDER BY id", params).fetchall()]
 
 

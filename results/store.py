@@ -286,9 +286,20 @@ class Store:
         with self._lock:
             return queries.recall(self.con, query, k)
 
-    def experiments(self, run_id: str | None = None) -> list[Experiment]:
+    def experiments(self, run_id: str | None = None, tag: str | None = None) -> list[Experiment]:
         with self._lock:
-            return queries.experiments(self.con, run_id)
+            return queries.experiments(self.con, run_id, tag)
+
+    def run_ids(self, tag: str) -> list[str]:
+        """The supervisor sessions of a research tag, oldest first."""
+        with self._lock:
+            return [r[0] for r in self.con.execute(
+                "SELECT id FROM runs WHERE tag = ? ORDER BY started_at, id", [tag]).fetchall()]
+
+    def latest_tag(self) -> str | None:
+        with self._lock:
+            row = self.con.execute("SELECT tag FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+            return row[0] if row else None
 
     def leaderboard(self, run_id: str | None = None, limit: int | None = None):
         with self._lock:

@@ -24,8 +24,39 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autoresearch-tui",
-                     description="Run autonomous LLM-training research on every GPU of this machine.")
+                     description="Run autonomous LLM-training research on every GPU of this machine. "
+                                 "`autoresearch-tui report --help` for the experiment log.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--demo", action="store_true",
+                        help="two CPU lanes, the offline mutator and a short budget on a throwaway repository "
+                             "under ./.autoresearch/demo (no GPU, key or internet needed)")
+    parser.add_argument("--no-ui", action="store_true",
+                        help="headless: one JSON object per line on stdout, a human log on stderr")
+    parser.add_argument("--gpus", help="auto (every GPU), 0,2,3 (these), or cpu:N (N CPU lanes); default auto")
+    parser.add_argument("--agent", help="offline (the hyperparameter mutator), anthropic:MODEL or openai:MODEL")
+    parser.add_argument("--base-url", help="the LLM provider's endpoint, for a proxy or a local server")
+    parser.add_argument("--budget", type=float, metavar="SECONDS", help="training seconds per experiment "
+                        "(default: the trainer's own, 300 on a GPU)")
+    parser.add_argument("--max-experiments", type=int, metavar="N", help="stop after starting N runs")
+    parser.add_argument("--tag", help="the research line: branch autoresearch/TAG (default: today, e.g. nov20); "
+                        "the same tag again resumes it")
+    parser.add_argument("--repo", type=Path, help="the repository to research on (default: here)")
+    parser.add_argument("--db", type=Path, help="the experiment log (default REPO/.autoresearch/results.duckdb)")
+    parser.add_argument("--review", action="store_true", default=None,
+                        help="hold every proposal until a person approves it")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the latest tag in the log (runs a crash interrupted are run again)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of these settings")
+    parser.add_argument("--noise-floor", type=float, help="the least improvement ever kept (default 0.001)")
+    parser.add_argument("--baseline-runs", type=int, help="runs of the starting point per GPU model (default 2)")
+    parser.add_argument("--hung-seconds", type=float, help="stop a run silent this long (default 600)")
+    parser.add_argument("--timeout", type=float, dest="timeout_seconds", metavar="SECONDS",
+                        help="stop a run this long after it started (default: twice the budget plus 120)")
+    parser.add_argument("--editable", action="append", metavar="PATH",
+                        help="a file the agents may edit (repeatable; default trainer/train.py)")
+    parser.add_argument("--command", dest="target_command", help="the training command, run in the worktree "
+                        "(default `python -m trainer.train`; `python` is this interpreter)")
+    parser.add_argument("--seed", type=int, help="the offline mutator's seed (default 0)")
     return parser
 
 
@@ -79,13 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         return report(argv[1:])
-    build_parser().parse_args(argv)
-    # The supervisor (lanes, agents) is not part of this release yet; say so plainly rather
-    # than pretend to run.
-    print("autoresearch-tui: the supervisor is not built yet; for now run "
-          "`uv run prepare.py --tiny` then `uv run python -m trainer.train`, "
-          "or `autoresearch-tui report` on an existing log.", file=sys.stderr)
-    return 2
+    from .run import supervise  # the engine's imports are heavier than report's
+
+    return supervise(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""What a proposal maker is, seen from the engine.
+
+The engine hands a proposer a clean worktree checked out at the frontier; the proposer edits
+the editable files there and says what it did. The engine (not the proposer) checks which
+files changed, commits, runs and decides. Several lanes ask for proposals at once, each from
+its own thread, so a proposer must be safe to call concurrently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class ProposalError(Exception):
+    """The proposer could not make a proposal this time (the engine records it and asks again
+    later); the message is one sentence for the log."""
+
+
+@dataclass(frozen=True)
+class PastExperiment:
+    """One earlier experiment of this research line, as a proposer sees it."""
+
+    description: str
+    change: str | None  # the proposer's own key for the change, when it gave one
+    val_bpb: float | None
+    status: str  # ok, crash, oom, ...
+    decision: str | None  # keep, discard, or None while undecided
+
+
+@dataclass(frozen=True)
+class ProposalRequest:
+    lane: int
+    worktree: Path  # clean, checked out at parent_commit; edit files here
+    parent_commit: str
+    editable_files: tuple[str, ...]  # relative to worktree
+    history: tuple[PastExperiment, ...] = ()  # oldest first, every lane's
+    frontier_val_bpb: float | None = None  # the parent's measured val_bpb on this lane's GPU model
+    attempt: int = 0  # how many proposals this lane has asked for before; varies the choice
+
+
+@dataclass(frozen=True)
+class Proposal:
+    description: str  # one line, shown in the table and written to results.tsv
+    hypothesis: str = ""
+    change: str | None = None  # a stable key for the change, so it is never proposed twice
+    agent: str = ""  # who made it: "offline-mutator", "anthropic:claude-...", ...
+    extra: dict = field(default_factory=dict)
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, request: ProposalRequest) -> Proposal:
+        """Edit the files in request.worktree and describe the change. Raise ProposalError
+        when no proposal can be made."""
+        ...

@@ -1,0 +1,157 @@
+"""The supervisor's configuration: an optional TOML file, then command-line flags on top.
+
+Example `autoresearch.toml` (every key optional):
+
+    tag = "nov20"
+    gpus = "auto"             # auto | 0,2,3 | cpu:N
+    agent = "offline"         # offline | anthropic:MODEL | openai:MODEL
+    budget = 300              # training seconds per experiment
+    max_experiments = 100
+    review = false
+    noise_floor = 0.001       # the least val_bpb improvement ever kept
+    hung_seconds = 600
+    [target]                  # what the lanes edit and run
+    editable = ["train.py"]
+    command = "python train.py"
+    metric = "val_bpb"
+    direction = "lower"       # lower | higher
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from datetime import date
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A bad flag, file or value; one sentence for the user (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    editable: tuple[str, ...] = ("trainer/train.py",)
+    command: str = "python -m trainer.train"
+    metric: str = "val_bpb"
+    direction: str = "lower"
+
+    def score(self, value: float) -> float:
+        """Lower is better, whatever the metric."""
+        return value if self.direction == "lower" else -value
+
+
+@dataclass(frozen=True)
+class Config:
+    repo: Path = Path(".")
+    tag: str = ""
+    gpus: str = "auto"
+    agent: str = "offline"
+    base_url: str | None = None
+    budget: float | None = None  # None: the trainer's own (300 s for the full profile)
+    max_experiments: int | None = None
+    db: Path | None = None  # default <repo>/.autoresearch/results.duckdb
+    review: bool = False
+    resume: bool = False
+    noise_floor: float = 0.001
+    baseline_runs: int = 2  # per GPU model, at the least: two runs give a first noise estimate
+    hung_seconds: float = 600.0  # a first torch.compile can be silent for minutes
+    timeout_seconds: float | None = None  # default: twice the budget plus 2 minutes (upstream: 10 min for 5)
+    kill_grace_seconds: float = 10.0
+    no_ui: bool = False
+    demo: bool = False
+    seed: int = 0
+    target: Target = field(default_factory=Target)
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else self.repo / ".autoresearch" / "results.duckdb"
+
+    @property
+    def run_budget(self) -> float:
+        return self.budget if self.budget is not None else 300.0
+
+    @property
+    def run_timeout(self) -> float:
+        return self.timeout_seconds if self.timeout_seconds is not None else 2 * self.run_budget + 120.0
+
+
+def default_tag(today: date | None = None) -> str:
+    today = today or date.today()
+    return today.strftime("%b%d").lower()  # upstream's style: "mar5" -> "mar05"
+
+
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TOP_KEYS = {f.name for f in fields(Config)} - {"target", "no_ui", "demo", "resume", "repo"}
+_TARGET_KEYS = {f.name for f in fields(Target)}
+
+
+def load_file(path: Path) -> dict:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"the config file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}.") from None
+    unknown = set(data) - _TOP_KEYS - {"target"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP_KEYS))}, [target]).")
+    target = data.get("target", {})
+    if not isinstance(target, dict):
+        raise ConfigError(f"{path}: target must be a table ([target]).")
+    unknown = set(target) - _TARGET_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown [target] setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TARGET_KEYS))}).")
+    return data
+
+
+def build(file_values: dict, flags: dict) -> Config:
+    """Flags (those given, not None) override the file, which overrides the defaults."""
+    values = {k: v for k, v in file_values.items() if k != "target"}
+    values.update({k: v for k, v in flags.items() if v is not None and k != "target"})
+    target_values = dict(file_values.get("target", {}))
+    target_values.update({k: v for k, v in flags.get("target", {}).items() if v is not None})
+    if "editable" in target_values:
+        editable = target_values["editable"]
+        if isinstance(editable, str) or not all(isinstance(p, str) for p in editable) or not editable:
+            raise ConfigError("target.editable must be a non-empty list of file paths.")
+        target_values["editable"] = tuple(editable)
+    try:
+        target = Target(**target_values)
+        config = Config(**values, target=target)
+    except TypeError as e:
+        raise ConfigError(f"bad configuration: {e}.") from None
+    return validate(config)
+
+
+def validate(config: Config) -> Config:
+    def positive(name, value, allow_none=True):
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{name} must be a positive number, not {value!r}.")
+
+    positive("budget", config.budget)
+    positive("max_experiments", config.max_experiments)
+    positive("hung_seconds", config.hung_seconds, False)
+    positive("timeout_seconds", config.timeout_seconds)
+    positive("kill_grace_seconds", config.kill_grace_seconds, False)
+    if isinstance(config.baseline_runs, bool) or not isinstance(config.baseline_runs, int) or config.baseline_runs < 1:
+        raise ConfigError(f"baseline_runs must be a whole number of at least 1, not {config.baseline_runs!r}.")
+    if not isinstance(config.noise_floor, (int, float)) or config.noise_floor < 0:
+        raise ConfigError(f"noise_floor must be a number of at least 0, not {config.noise_floor!r}.")
+    if config.target.direction not in ("lower", "higher"):
+        raise ConfigError(f"target.direction must be lower or higher, not {config.target.direction!r}.")
+    if not config.target.command.strip():
+        raise ConfigError("target.command is empty.")
+    for path in config.target.editable:
+        if Path(path).is_absolute() or ".." in Path(path).parts:
+            raise ConfigError(f"editable file {path} must be a path inside the repository.")
+    if config.tag and not _TAG.match(config.tag):
+        raise ConfigError(f"--tag {config.tag!r} must be letters, digits, '.', '_' or '-' (a git branch name part).")
+    if not (config.agent == "offline" or re.match(r"^(anthropic|openai):\S+$", config.agent)):
+        raise ConfigError(f"--agent must be offline, anthropic:MODEL or openai:MODEL, not {config.agent!r}.")
+    if config.max_experiments is not None:
+        config = replace(config, max_experiments=int(config.max_experiments))
+    return config

@@ -1,0 +1,128 @@
+"""What the engine tells its consumers (the TUI, the headless printer), as small immutable
+records. Every event also has a JSON form for `--no-ui`: one object per line, with the event's
+name under "event"."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from results.records import Experiment, GpuSample
+
+from .runparse import Progress
+
+
+@dataclass(frozen=True)
+class LaneChanged:
+    lane: int
+    state: str  # idle | baseline | proposing | review | training | paused | lost | done
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ProposalReady:
+    lane: int
+    experiment: Experiment
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    lane: int
+    experiment: Experiment
+    pid: int | None = None  # the child's process (and process group) id
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    lane: int
+    experiment_id: int
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    lane: int
+    experiment: Experiment
+
+
+@dataclass(frozen=True)
+class Decided:
+    experiment_id: int
+    decision: str  # keep | discard | confirm
+    source: str  # auto | user
+    reason: str
+    delta: float | None = None
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class FrontierAdvanced:
+    commit: str
+    previous: str
+    experiment_id: int | None
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class GpuSampled:
+    lane: int
+    sample: GpuSample
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a person should read: a warning, an error of ours, a lost GPU."""
+
+    level: str  # info | warning | error
+    message: str
+    lane: int | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The supervisor has stopped; nothing follows."""
+
+    reason: str
+    experiments: int
+    frontier: str
+    detail: dict = field(default_factory=dict)
+
+
+Event = (LaneChanged | ProposalReady | RunStarted | RunProgress | RunFinished | Decided | FrontierAdvanced
+         | GpuSampled | Notice | Finished)
+
+_NAMES = {LaneChanged: "lane", ProposalReady: "proposal", RunStarted: "run_started", RunProgress: "progress",
+          RunFinished: "run_finished", Decided: "decision", FrontierAdvanced: "frontier", GpuSampled: "gpu",
+          Notice: "notice", Finished: "finished"}
+
+
+def event_name(event) -> str:
+    return _NAMES[type(event)]
+
+
+def _plain(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None  # NaN is not JSON
+    return value
+
+
+def to_json(event) -> str:
+    body = {"event": event_name(event)}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        body[f.name] = _plain(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+    return json.dumps(body, separators=(",", ":"))

@@ -1,0 +1,71 @@
+"""`--no-ui`: the engine's events as JSON lines on stdout, a human log on stderr, and signals
+as quit commands (the first lets the running experiments finish, the second stops them).
+
+Nothing here imports textual: a headless box never needs the TUI's dependencies to load."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from . import control, events
+
+log = logging.getLogger("autoresearch.headless")
+
+
+class JsonLinesPrinter:
+    """Writes each event as one JSON object per line. `json_out=None` leaves stdout alone and
+    only logs (the plain terminal mode, until a TUI is available)."""
+
+    def __init__(self, json_out=sys.stdout):
+        self.out = json_out
+        self._lock = threading.Lock()
+
+    def __call__(self, event) -> None:
+        if self.out is not None:
+            line = events.to_json(event)
+            with self._lock:
+                try:
+                    self.out.write(line + "\n")
+                    self.out.flush()
+                except BrokenPipeError:
+                    self.out = None  # `| head` closed the pipe; keep researching, stop printing
+        human = describe(event)
+        if human:
+            log.info(human)
+
+
+def describe(event) -> str | None:
+    """One line for a person, or None for the high-rate events."""
+    match event:
+        case events.RunStarted(lane=lane, experiment=e):
+            return f"lane {lane}: #{e.id} {e.kind} started: {e.description}"
+        case events.RunFinished(lane=lane, experiment=e):
+            value = e.summary.get("val_bpb")
+            result = f"val_bpb {value:.6f}" if value is not None else (e.error or e.status.value)
+            return f"lane {lane}: #{e.id} {e.status.value}: {result}"
+        case events.Decided(experiment_id=n, decision=d, source=s, reason=r):
+            return f"#{n} {d.upper()} ({s}): {r}"
+        case events.FrontierAdvanced(commit=c, previous=p, experiment_id=n):
+            return f"frontier {p[:8]} -> {c[:8]}" + (f" (#{n})" if n is not None else "")
+        case events.Notice(level=level, message=m):
+            return m if level == "info" else f"{level}: {m}"
+        case events.ProposalReady(lane=lane, experiment=e):
+            return f"lane {lane}: proposal #{e.id} ready: {e.description}"
+        case events.Finished(reason=r, experiments=n, frontier=f):
+            return f"finished ({r}): {n} experiment(s) run, frontier {f[:8]}"
+    return None
+
+
+def install_signal_handlers(submit) -> None:
+    """SIGINT/SIGTERM: the first asks for a graceful quit, the next for an immediate one."""
+    count = [0]
+
+    def handler(signum, frame):
+        count[0] += 1
+        submit(control.Quit(now=count[0] > 1))
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,111 @@
+"""From parsed flags to a running supervisor: configuration, GPUs, repository, lock, store,
+proposer, then the engine under a UI or headless. Every problem a user can cause ends here as
+one sentence and exit code 2; a failure of ours leaves a traceback in the log and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from agents.mutator import OfflineMutator
+from results.store import Store, StoreError
+
+from . import config as cfg
+from .demo import DemoError, demo_config, prepare_data
+from .gpus import GpuSpecError, discover
+from .headless import JsonLinesPrinter, install_signal_handlers
+from .lock import AlreadyRunning, SupervisorLock
+from .supervisor import Supervisor
+from .workspace import Workspace, WorkspaceError
+
+log = logging.getLogger("autoresearch")
+
+_FLAG_NAMES = ("gpus", "agent", "base_url", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
+               "baseline_runs", "hung_seconds", "timeout_seconds", "seed")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _config(args: argparse.Namespace) -> cfg.Config:
+    file_values = cfg.load_file(args.config) if args.config else {}
+    flags = {name: getattr(args, name) for name in _FLAG_NAMES}
+    flags["repo"] = args.repo
+    flags["no_ui"], flags["demo"], flags["resume"] = args.no_ui, args.demo, args.resume
+    flags["target"] = {"editable": args.editable, "command": args.target_command}
+    config = cfg.build(file_values, flags)
+    if args.demo:
+        given = {k for k, v in flags.items() if v is not None} | {k for k in file_values if k != "target"}
+        config = demo_config(config, given, Path.cwd() / ".autoresearch" / "demo")
+    return config
+
+
+def _logging(log_file: Path) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    full = logging.FileHandler(log_file)  # tracebacks included, for the morning after
+    full.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(full)
+
+
+def _proposer(config: cfg.Config):
+    if config.agent == "offline":
+        return OfflineMutator(seed=config.seed)
+    raise UsageError(f"--agent {config.agent}: LLM agents are not available in this release yet; "
+                     "use --agent offline.")
+
+
+def supervise(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+        repo = (config.repo or Path(".")).resolve()
+        if config.demo:
+            prepare_data(repo)
+        config = replace(config, repo=repo)
+        store = Store(config.db_path)
+    except (cfg.ConfigError, DemoError, StoreError, UsageError) as e:
+        return _usage(e)
+    try:
+        if not config.tag:
+            latest = store.latest_tag() if config.resume else None
+            if config.resume and latest is None:
+                raise UsageError(f"--resume: the log {store.path} has no research line to resume; start one with --tag.")
+            config = cfg.validate(replace(config, tag=latest or cfg.default_tag()))
+        gpus = discover(config.gpus)
+        proposer = _proposer(config)
+        workspace = Workspace(repo, config.tag, config.target.editable)
+        lock = SupervisorLock(repo / ".autoresearch" / "locks", config.tag).acquire()
+    except (cfg.ConfigError, GpuSpecError, UsageError, WorkspaceError, AlreadyRunning) as e:
+        store.close()
+        return _usage(e)
+    _logging(repo / ".autoresearch" / "logs" / config.tag / "supervisor.log")
+    sink = JsonLinesPrinter(sys.stdout if config.no_ui else None)
+    if not config.no_ui:
+        log.info("the terminal UI is not part of this release yet; showing the log (--no-ui gives JSON lines)")
+    try:
+        supervisor = Supervisor(config, store, workspace, gpus, proposer, sink)
+        install_signal_handlers(supervisor.submit)
+        code = supervisor.run()
+        if config.demo and code == 0:
+            log.info("the log: autoresearch-tui report --db %s   the code: git -C %s log %s",
+                     config.db_path, repo, workspace.branch)
+        return code
+    except Exception:  # noqa: BLE001 - ours: the traceback goes to the log, the data stays
+        log.exception("the supervisor failed")
+        return 1
+    finally:
+        store.close()
+        lock.release()
+
+
+def _usage(error: Exception) -> int:
+    print(f"autoresearch-tui: {error}", file=sys.stderr)
+    return 2

@@ -1,0 +1,620 @@
+"""The engine: every lane proposes, trains and is judged, concurrently, until told to stop.
+
+One thread (the one that calls `run()`) owns all state. Everything else -- proposal makers,
+the watcher thread of each run, the telemetry sampler, the TUI, signal handlers -- talks to it
+by putting messages on one queue, so there are no races on the lanes, the frontier or the
+store, and the order of events is the order things happened."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from agents.proposer import PastExperiment, Proposer, ProposalRequest
+from results.records import (Decision, DecisionSource, Event as StoredEvent, Experiment, MetricPoint, Run,
+                             Status)
+from results.store import Store, utcnow
+
+from . import control, events
+from .config import Config
+from .decide import Measurements, Policy
+from .executor import LocalExecutor, RunSpec, child_environment, target_command
+from .gpus import Gpu, TelemetrySampler
+from .lanes import Lane
+from .workspace import Workspace, WorkspaceError
+
+log = logging.getLogger("autoresearch.supervisor")
+
+PROPOSAL_RETRY_SECONDS = 5.0
+PROPOSAL_FAILURES_BEFORE_GIVING_UP = 5
+BASELINE_FAILURES_BEFORE_STOPPING = 2
+
+
+class Supervisor:
+    def __init__(self, config: Config, store: Store, workspace: Workspace, gpus: list[Gpu], proposer: Proposer,
+                 sink: Callable[[events.Event], None] = lambda event: None, executor=None, telemetry: bool = True):
+        self.config, self.store, self.ws, self.proposer, self.sink = config, store, workspace, proposer, sink
+        self.executor = executor or LocalExecutor()
+        self.policy = Policy(floor=config.noise_floor)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe from signal handlers
+        self.run_id = f"{config.tag}-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        state = workspace.root / ".autoresearch"
+        self.logs = state / "logs" / config.tag
+        self.compile_cache = state / "compile-cache"
+        self.resumed = workspace.exists()
+        self.frontier = workspace.ensure_frontier()
+        self.lanes = [Lane(g, workspace.worktree(f"lane-{g.lane}"), workspace.worktree(f"lane-{g.lane}-draft"))
+                      for g in gpus]
+        self.threads = max(1, (os.cpu_count() or 1) // max(1, len(gpus)))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, len(gpus)), thread_name_prefix="propose")
+        self.sampler = TelemetrySampler(gpus, lambda s: self.inbox.put(("sample", s)),
+                                        lambda gpu, why: self.inbox.put(("lost", gpu.lane, why))) if telemetry else None
+        self.measurements = Measurements()
+        self.history: list[PastExperiment] = []
+        self.pending: deque[Experiment] = deque()  # queued runs any lane of the right model may take
+        self.experiments: dict[int, Experiment] = {}
+        self.started = 0  # runs started by this session
+        self.finished = 0
+        self.quitting: str | None = None  # None | "graceful" | "now"
+        self.baseline_failures: dict[tuple[str, str], int] = {}
+        self.failure: str | None = None  # why the research cannot go on, when it cannot
+        self.exit_reason = ""
+
+    # -- the outside world ----------------------------------------------------------------------
+
+    def submit(self, command: control.Command) -> None:
+        """Thread-safe (and signal-safe): the only way to change the engine from outside."""
+        self.inbox.put(("command", command))
+
+    def _emit(self, event) -> None:
+        try:
+            self.sink(event)
+        except Exception:  # noqa: BLE001 - a broken consumer must not stop the research
+            log.exception("event consumer failed on %s", events.event_name(event))
+
+    def _notice(self, level: str, message: str, lane: int | None = None) -> None:
+        self._emit(events.Notice(level, message, lane))
+        self.store.add_event(StoredEvent(utcnow(), self.run_id, f"notice:{level}", lane=lane,
+                                         detail={"message": message}))
+
+    def _lane_changed(self, lane: Lane, detail: str = "") -> None:
+        self._emit(events.LaneChanged(lane.index, lane.state(), detail))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._start()
+        try:
+            while not self._done():
+                for lane in self.lanes:
+                    self._fill(lane)
+                if self._done():
+                    break
+                try:
+                    message = self.inbox.get(timeout=self._wait_time())
+                except queue.Empty:
+                    continue
+                self._handle(message)
+                while True:  # drain bursts (progress lines) before the next scheduling pass
+                    try:
+                        self._handle(self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+        finally:
+            self._shutdown()
+        return 1 if self.failure else 0
+
+    def _wait_time(self) -> float:
+        waits = [lane.retry_at - time.monotonic() for lane in self.lanes if lane.retry_at > time.monotonic()]
+        return max(0.05, min(waits, default=1.0))
+
+    def _start(self) -> None:
+        self.store.start_run(Run(id=self.run_id, tag=self.config.tag, repo=str(self.ws.root), started_at=utcnow(),
+                                 host=socket.gethostname(), config=_config_record(self.config, self.lanes)))
+        resumed = self.resumed
+        self._load_history(resumed)
+        if self.sampler is not None:
+            self.sampler.start()
+        for lane in self.lanes:
+            self._lane_changed(lane)
+        self._notice("info", f"{'resumed' if resumed else 'started'} {self.config.tag} on {len(self.lanes)} "
+                             f"lane(s), frontier {self.frontier[:8]} ({self.ws.branch})")
+
+    def _load_history(self, resumed: bool) -> None:
+        """Rebuild what earlier sessions of this tag learned: measurements, what was tried, and
+        the runs a dead supervisor left behind (marked interrupted and queued again)."""
+        for old_run in self.store.run_ids(self.config.tag):
+            if old_run != self.run_id:
+                self.store.interrupt_unfinished(old_run)
+        past = self.store.experiments(tag=self.config.tag)
+        requeued = {e.extra.get("rerun_of") for e in past}
+        for exp in past:
+            self.experiments[exp.id] = exp
+            self._remember(exp)
+            if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
+                again = self._new_experiment(exp.kind, exp.commit, exp.parent_commit, exp.description,
+                                             model=exp.gpu_name, hypothesis=exp.hypothesis, agent=exp.agent,
+                                             extra={**exp.extra, "rerun_of": exp.id})
+                self.pending.append(again)
+            elif exp.status is Status.QUEUED and exp.run_id != self.run_id:
+                self.pending.append(exp)
+        if resumed and self.pending:
+            self._notice("info", f"{len(self.pending)} experiment(s) from the last session queued again")
+
+    def _remember(self, exp: Experiment) -> None:
+        """Fold a finished experiment into the measurements and the proposers' history."""
+        if exp.status is Status.REJECTED and exp.commit is None:
+            return
+        value = self._metric(exp)
+        if exp.status is Status.OK and value is not None and exp.commit and exp.gpu_name:
+            self.measurements.add(exp.commit, exp.gpu_name, self.config.target.score(value))
+        if exp.kind == "proposal" and exp.status.finished:
+            self.history.append(PastExperiment(exp.description, exp.extra.get("change"), value, exp.status.value,
+                                               exp.decision.value if exp.decision else None))
+
+    def _metric(self, exp: Experiment) -> float | None:
+        name = self.config.target.metric
+        value = exp.summary.get(name, exp.extra.get(name))
+        try:
+            return float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def _done(self) -> bool:
+        if any(lane.handle is not None for lane in self.lanes):
+            return False
+        if self.quitting:
+            self.exit_reason = self.exit_reason or "stopped by request"
+            return True
+        if self._out_of_budget():
+            self.exit_reason = f"{self.config.max_experiments} experiments run"
+            return True
+        usable = [lane for lane in self.lanes if not lane.lost]
+        if not usable:
+            self.exit_reason = "no lane left"
+            return True
+        if all(lane.exhausted and lane.ready is None and lane.held is None for lane in usable) and not self.pending:
+            self.exit_reason = "the proposer has nothing more to try"
+            return True
+        return False
+
+    def _out_of_budget(self) -> bool:
+        return self.config.max_experiments is not None and self.started >= self.config.max_experiments
+
+    # -- choosing each lane's next run ------------------------------------------------------------
+
+    def _fill(self, lane: Lane) -> None:
+        if lane.lost or lane.handle is not None or self.quitting:
+            return
+        if not lane.paused and not self._out_of_budget():
+            job = self._next_job(lane)
+            if job is not None:
+                self._launch(lane, job)
+        if lane.ready is None and lane.held is None and lane.drafting is None:
+            self._draft(lane)
+
+    def _next_job(self, lane: Lane) -> Experiment | None:
+        for exp in self.pending:
+            if exp.gpu_name in (None, lane.model):
+                self.pending.remove(exp)
+                return exp
+        if self._needs_baseline(lane.model):
+            first = not self.measurements.count(self.frontier, lane.model) and not self.history
+            return self._new_experiment("baseline", self.frontier, self.frontier,
+                                        "baseline" if first else f"baseline: frontier {self.frontier[:7]} on {lane.model}",
+                                        model=lane.model)
+        if lane.ready is not None:
+            exp, lane.ready = lane.ready, None
+            return exp
+        return None
+
+    def _needs_baseline(self, model: str) -> bool:
+        """Two runs of the frontier give a first noise estimate; after that, one is enough to
+        measure a new frontier on a GPU model it was not measured on."""
+        wanted = self.config.baseline_runs if self.measurements.sigma(model) is None else 1
+        have = self.measurements.count(self.frontier, model)
+        running = sum(1 for lane in self.lanes if lane.handle is not None and lane.model == model
+                      and lane.current.commit == self.frontier and lane.current.kind == "baseline")
+        return have + running < wanted
+
+    def _new_experiment(self, kind: str, commit: str, parent: str | None, description: str, *,
+                        model: str | None = None, hypothesis: str | None = None, agent: str | None = None,
+                        extra: dict | None = None, lane: int = -1) -> Experiment:
+        exp = self.store.add_experiment(Experiment(
+            run_id=self.run_id, lane=lane, description=description, kind=kind, commit=commit, parent_commit=parent,
+            branch=self.ws.branch, gpu_name=model, hypothesis=hypothesis, agent=agent, extra=extra or {}))
+        self.ws.keep_commit(exp.id, commit)
+        self.experiments[exp.id] = exp
+        return exp
+
+    def _launch(self, lane: Lane, exp: Experiment) -> None:
+        if exp.kind == "proposal" and exp.parent_commit != self.frontier:
+            exp = self._rebase(lane, exp)
+            if exp is None:
+                return
+        log_path = self.logs / f"{exp.id:06d}.log"
+        exp = replace(exp, status=Status.RUNNING, lane=lane.index, gpu_index=lane.gpu.index, gpu_uuid=lane.gpu.uuid,
+                      gpu_name=lane.model, worktree=str(lane.run_dir), started_at=utcnow(), log_path=str(log_path))
+        try:
+            self.ws.checkout(lane.run_dir, exp.commit)
+            env = child_environment(dict(os.environ), visible_devices=lane.gpu.visible_devices, threads=self.threads,
+                                    compile_cache=self.compile_cache / _slug(lane.model), budget=self.config.budget)
+            spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), lane.run_dir, env, log_path,
+                           timeout_s=self.config.run_timeout, hung_s=self.config.hung_seconds,
+                           kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric)
+            lane.handle = self.executor.start(
+                spec, on_progress=lambda p, i=exp.id, n=lane.index: self.inbox.put(("progress", n, i, p)),
+                on_done=lambda result, n=lane.index: self.inbox.put(("done", n, result)))
+        except Exception as e:  # noqa: BLE001 - the experiment fails, the lane goes on
+            log.exception("could not start experiment %s", exp.id)
+            exp = replace(exp, status=Status.CRASH, finished_at=utcnow(), error=f"could not start: {e}")
+            self._save(exp)
+            self._notice("error", f"lane {lane.index}: experiment #{exp.id} could not start: {e}", lane.index)
+            return
+        lane.current = exp
+        self.started += 1
+        self._save(exp)
+        self._emit(events.RunStarted(lane.index, exp, getattr(lane.handle, "pid", None)))
+        self._lane_changed(lane, exp.description)
+
+    def _rebase(self, lane: Lane, exp: Experiment) -> Experiment | None:
+        """A proposal drafted from a frontier that has moved since: replay it on the new one."""
+        new = self.ws.replay(lane.draft_dir, exp.commit, self.frontier)
+        if new is None:
+            self._save(replace(exp, status=Status.REJECTED, finished_at=utcnow(),
+                               error=f"conflicts with the new frontier {self.frontier[:8]}; drafted again"))
+            return None
+        self.ws.keep_commit(exp.id, new)
+        return replace(exp, commit=new, parent_commit=self.frontier,
+                       extra={**exp.extra, "drafted_on": exp.parent_commit})
+
+    # -- proposals ----------------------------------------------------------------------------------------
+
+    def _draft(self, lane: Lane) -> None:
+        if (lane.exhausted or lane.lost or self.quitting or time.monotonic() < lane.retry_at
+                or self._out_of_budget() or self._budget_spoken_for()):
+            return
+        request = ProposalRequest(lane=lane.index, worktree=lane.draft_dir, parent_commit=self.frontier,
+                                  editable_files=self.config.target.editable, history=tuple(self.history),
+                                  frontier_val_bpb=self._reference(self.frontier, lane.model), attempt=lane.attempts)
+        lane.attempts += 1
+        lane.drafting = self.pool.submit(self._make_proposal, request)
+        lane.drafting.add_done_callback(lambda f, n=lane.index: self.inbox.put(("proposal", n, f)))
+        if lane.handle is None:
+            self._lane_changed(lane)
+
+    def _budget_spoken_for(self) -> bool:
+        """With --max-experiments, draft no more proposals than there are runs left."""
+        if self.config.max_experiments is None:
+            return False
+        waiting = sum((lane.ready is not None) + (lane.held is not None) + (lane.drafting is not None)
+                      for lane in self.lanes)
+        return self.started + len(self.pending) + waiting >= self.config.max_experiments
+
+    def _make_proposal(self, request: ProposalRequest):
+        """On a proposal thread: the proposer edits the draft worktree; the change is committed."""
+        self.ws.checkout(request.worktree, request.parent_commit)
+        proposal = self.proposer.propose(request)
+        message = proposal.description if not proposal.hypothesis else f"{proposal.description}\n\n{proposal.hypothesis}"
+        return proposal, self.ws.commit_draft(request.worktree, request.parent_commit, message)
+
+    def _proposal_done(self, lane: Lane, future) -> None:
+        lane.drafting = None
+        try:
+            proposal, draft = future.result()
+        except Exception as e:  # noqa: BLE001 - ProposalError, a git problem, or a bug in a proposer
+            lane.failures += 1
+            lane.retry_at = time.monotonic() + PROPOSAL_RETRY_SECONDS * lane.failures
+            if isinstance(e, WorkspaceError) or type(e).__name__ == "ProposalError":
+                message = str(e)
+            else:
+                log.error("proposer failed on lane %s", lane.index, exc_info=e)
+                message = f"{type(e).__name__}: {e}"
+            if lane.failures >= PROPOSAL_FAILURES_BEFORE_GIVING_UP:
+                lane.exhausted = True
+                self._notice("warning", f"lane {lane.index}: no proposal after {lane.failures} tries ({message}); "
+                                        "it stops proposing", lane.index)
+            else:
+                self._notice("warning", f"lane {lane.index}: no proposal ({message}); trying again", lane.index)
+            self._lane_changed(lane)
+            return
+        lane.failures = 0
+        exp = self._new_experiment("proposal", draft.commit, draft.parent, proposal.description,
+                                   hypothesis=proposal.hypothesis, agent=proposal.agent or self.proposer.name,
+                                   extra={**proposal.extra, "change": proposal.change, "touched": list(draft.touched)},
+                                   lane=lane.index)
+        forbidden = [p for p in draft.touched if p not in self.config.target.editable]
+        if forbidden:
+            rejected = replace(exp, status=Status.REJECTED, finished_at=utcnow(),
+                               error=f"changes {', '.join(forbidden)}, which only a person may edit")
+            self._save(rejected)
+            self._remember(rejected)
+            self._notice("warning", f"lane {lane.index}: rejected #{exp.id} ({rejected.error})", lane.index)
+            return
+        self._emit(events.ProposalReady(lane.index, exp))
+        if self.config.review:
+            lane.held = exp
+        else:
+            lane.ready = exp
+        self._lane_changed(lane, exp.description)
+
+    # -- messages ----------------------------------------------------------------------------------------------
+
+    def _handle(self, message) -> None:
+        kind = message[0]
+        try:
+            if kind == "progress":
+                _, lane_index, experiment_id, point = message
+                self.store.add_metric(MetricPoint(experiment_id, point.step, utcnow(), point.pct, point.loss, point.lrm,
+                                                  point.dt_ms, point.tok_per_sec, point.mfu, point.epoch,
+                                                  point.remaining_s))
+                self._emit(events.RunProgress(lane_index, experiment_id, point))
+            elif kind == "done":
+                self._run_done(self.lanes[message[1]], message[2])
+            elif kind == "proposal":
+                self._proposal_done(self.lanes[message[1]], message[2])
+            elif kind == "sample":
+                sample = message[1]
+                self.store.add_sample(sample)
+                lane = next((lane for lane in self.lanes if lane.gpu.index == sample.gpu_index), None)
+                if lane is not None:
+                    self._emit(events.GpuSampled(lane.index, sample))
+            elif kind == "lost":
+                self._lose(self.lanes[message[1]], message[2])
+            elif kind == "command":
+                self._command(message[1])
+        except Exception as e:  # noqa: BLE001 - a bug of ours: log it whole, keep the lanes going
+            log.exception("handling %s failed", kind)
+            self._emit(events.Notice("error", f"internal error while handling {kind}: {e!r} (see the log)"))
+
+    def _run_done(self, lane: Lane, result) -> None:
+        exp = replace(lane.current, status=result.status, summary=result.summary, extra={**lane.current.extra,
+                      **result.extra}, exit_code=result.exit_code, error=result.error, finished_at=result.finished_at)
+        lane.handle, lane.current = None, None
+        self.finished += 1
+        self._save(exp)
+        self._remember(exp)
+        self._emit(events.RunFinished(lane.index, exp))
+        if exp.status is Status.INTERRUPTED:
+            self._lane_changed(lane)
+            return  # the supervisor is quitting now; --resume runs it again
+        self._judge(exp, lane)
+        self._lane_changed(lane)
+
+    def _lose(self, lane: Lane, why: str) -> None:
+        lane.lost = True
+        if lane.handle is not None:
+            lane.handle.stop(Status.CRASH)
+        self._notice("error", f"lane {lane.index} is out of service: {why}", lane.index)
+        self._lane_changed(lane, why)
+
+    # -- decisions -------------------------------------------------------------------------------------------------
+
+    def _reference(self, commit: str | None, model: str) -> float | None:
+        return self.measurements.mean(commit, model) if commit else None
+
+    def _judge(self, exp: Experiment, lane: Lane) -> None:
+        if exp.decision is not None:
+            return  # a person already decided (discarded it while it ran)
+        if exp.status is not Status.OK:
+            self._decide(exp, Decision.DISCARD, DecisionSource.AUTO, f"{exp.status.value}: {exp.error or 'failed'}")
+            if exp.kind == "baseline" and exp.status is not Status.KILLED:
+                self._baseline_failed(exp, lane)
+            return
+        if exp.kind == "baseline":
+            self._decide(exp, Decision.KEEP, DecisionSource.AUTO, "baseline: the frontier as it is")
+            waiting = self.experiments.get(exp.extra.get("reference_for"))
+            if waiting is not None and waiting.decision is None:
+                self._judge(waiting, lane)  # its reference is measured now
+            return
+        # A confirmation or a rerun is judged together with the experiment it repeats.
+        original = self.experiments.get(exp.extra.get("confirms") or exp.extra.get("rerun_of"), exp)
+        if original.kind not in ("proposal", "verification"):
+            original = exp
+        model = exp.gpu_name
+        reference = self._reference(original.parent_commit, model)
+        if reference is None:
+            # Its parent was never measured on this GPU model: measure it, then judge again.
+            self.pending.appendleft(self._new_experiment(
+                "baseline", original.parent_commit, original.parent_commit,
+                f"baseline: {original.parent_commit[:7]} on {model} (reference for #{exp.id})", model=model,
+                extra={"reference_for": exp.id}))
+            return
+        runs = self.measurements.of(original.commit, model)
+        verdict = self.policy.judge(runs, reference, self.measurements.sigma(model))
+        if verdict.action == "confirm":
+            self._emit(events.Decided(original.id, "confirm", "auto", verdict.reason, verdict.delta, verdict.margin))
+            self.pending.appendleft(self._new_experiment(
+                "confirm", original.commit, original.parent_commit, f"confirm #{original.id}: {original.description}",
+                model=model, hypothesis=original.hypothesis, agent=original.agent,
+                extra={"confirms": original.id, "change": original.extra.get("change")}))
+            return
+        if exp is not original:
+            self._decide(exp, Decision(verdict.action), DecisionSource.AUTO, f"{verdict.reason} (with #{original.id})")
+        if verdict.action == "keep":
+            self._promote(original, DecisionSource.AUTO, verdict.reason)
+        else:
+            self._decide(original, Decision.DISCARD, DecisionSource.AUTO, verdict.reason)
+
+    def _baseline_failed(self, exp: Experiment, lane: Lane) -> None:
+        """The unmodified frontier failed. Once may be bad luck (a busy GPU); twice means the
+        starting point itself is broken, and every further run would be wasted."""
+        key = (exp.commit, exp.gpu_name)
+        self.baseline_failures[key] = self.baseline_failures.get(key, 0) + 1
+        if self.baseline_failures[key] < BASELINE_FAILURES_BEFORE_STOPPING:
+            self._notice("warning", f"the frontier failed on lane {lane.index} ({exp.status.value}: {exp.error}); "
+                                    f"running it again", lane.index)
+            return
+        self.failure = (f"the frontier {exp.commit[:8]} fails to run on {exp.gpu_name} "
+                        f"({exp.status.value}: {exp.error}); see {exp.log_path}")
+        self._notice("error", self.failure + "; stopping")
+        self.exit_reason = "the frontier fails to run"
+        self.quitting = "graceful"
+
+    def _decide(self, exp: Experiment, decision: Decision, source: DecisionSource, reason: str) -> Experiment:
+        exp = replace(exp, decision=decision, decision_source=source, decision_reason=reason)
+        self.experiments[exp.id] = exp
+        self.store.record_decision(exp.id, decision, source, reason, run_id=self.run_id)
+        self._emit(events.Decided(exp.id, decision.value, source.value, reason))
+        for i, past in enumerate(self.history):  # proposers learn from decisions, not just results
+            if past.change is not None and past.change == exp.extra.get("change") and past.decision is None:
+                self.history[i] = replace(past, decision=decision.value)
+        return exp
+
+    def _promote(self, exp: Experiment, source: DecisionSource, reason: str) -> None:
+        """Advance the frontier to a winner: fast-forward when it was drafted on the frontier,
+        otherwise replay it on the frontier and measure the result before trusting it."""
+        previous = self.frontier
+        if exp.parent_commit == previous or self.ws.is_ancestor(previous, exp.commit):
+            self._advance(exp, exp.commit, source, reason)
+            return
+        replayed = self.ws.replay(self.ws.worktree("promote"), exp.commit, previous)
+        if replayed is None:
+            self._decide(exp, Decision.DISCARD, source, f"{reason}; but it conflicts with the frontier {previous[:8]}")
+            self.store.add_event(StoredEvent(utcnow(), self.run_id, "promotion_conflict", source.value,
+                                             experiment_id=exp.id, detail={"frontier": previous}))
+            return
+        if source is DecisionSource.USER:
+            self._advance(exp, replayed, source, f"{reason}; replayed on the frontier as {replayed[:8]}")
+            return
+        verify = self._new_experiment("verification", replayed, previous, f"{exp.description} (on the new frontier)",
+                                      model=exp.gpu_name, hypothesis=exp.hypothesis, agent=exp.agent,
+                                      extra={"verifies": exp.id, "change": exp.extra.get("change")})
+        self.pending.appendleft(verify)
+        self._decide(exp, Decision.DISCARD, source, f"{reason}; the frontier moved meanwhile, so it is "
+                                                    f"measured again on top of it as #{verify.id}")
+
+    def _advance(self, exp: Experiment, commit: str, source: DecisionSource, reason: str) -> None:
+        previous = self.frontier
+        if not self.ws.advance(commit, previous):
+            self._notice("error", f"the frontier branch {self.ws.branch} was moved outside autoresearch-tui; "
+                                  f"#{exp.id} was not promoted")
+            return
+        self.frontier = commit
+        self._decide(exp, Decision.KEEP, source, reason)
+        self.store.add_event(StoredEvent(utcnow(), self.run_id, "frontier", source.value, exp.lane, exp.id,
+                                         {"commit": commit, "previous": previous}))
+        self._emit(events.FrontierAdvanced(commit, previous, exp.id, self.measurements.mean(exp.commit, exp.gpu_name)))
+
+    # -- control commands -------------------------------------------------------------------------------------------
+
+    def _command(self, command) -> None:
+        match command:
+            case control.Quit(now=now):
+                self.quitting = "now" if now or self.quitting else "graceful"
+                self.store.add_event(StoredEvent(utcnow(), self.run_id, f"quit:{self.quitting}", "user"))
+                if self.quitting == "now":
+                    for lane in self.lanes:
+                        if lane.handle is not None:
+                            lane.handle.stop(Status.INTERRUPTED)
+                self._notice("info", "quitting now: stopping the runs" if self.quitting == "now" else
+                             "quitting: no new runs; the running ones finish (again to stop them now)")
+            case control.PauseLane(lane=i) | control.ResumeLane(lane=i) if not 0 <= i < len(self.lanes):
+                self._notice("warning", f"there is no lane {i}")
+            case control.PauseLane(lane=i):
+                self.lanes[i].paused = True
+                self.store.add_event(StoredEvent(utcnow(), self.run_id, "pause", "user", i))
+                self._lane_changed(self.lanes[i], "paused: the running experiment finishes, no new one starts")
+            case control.ResumeLane(lane=i):
+                self.lanes[i].paused = False
+                self.store.add_event(StoredEvent(utcnow(), self.run_id, "resume", "user", i))
+                self._lane_changed(self.lanes[i])
+            case control.StopRun(lane=i):
+                if 0 <= i < len(self.lanes) and self.lanes[i].handle is not None:
+                    self.store.add_event(StoredEvent(utcnow(), self.run_id, "stop", "user", i,
+                                                     self.lanes[i].current.id))
+                    self.lanes[i].handle.stop(Status.KILLED)
+                else:
+                    self._notice("warning", f"lane {i} has no run to stop")
+            case control.Keep(experiment_id=n) | control.Discard(experiment_id=n) | control.Rerun(experiment_id=n) \
+                    if n not in self.experiments:
+                self._notice("warning", f"experiment #{n} is not part of this research line")
+            case control.Keep(experiment_id=n):
+                exp = self.experiments[n]
+                if exp.status is not Status.OK:
+                    self._notice("warning", f"#{n} has no result to keep ({exp.status.value})")
+                elif exp.commit == self.frontier:
+                    self._notice("info", f"#{n} is already the frontier")
+                else:
+                    self._promote(exp, DecisionSource.USER, "kept by a person")
+            case control.Discard(experiment_id=n):
+                self._user_discard(self.experiments[n])
+            case control.Rerun(experiment_id=n):
+                exp = self.experiments[n]
+                self.pending.append(self._new_experiment(
+                    "rerun", exp.commit, exp.parent_commit, f"rerun #{n}: {exp.description}", model=exp.gpu_name,
+                    hypothesis=exp.hypothesis, agent=exp.agent, extra={"rerun_of": n, "change": exp.extra.get("change")}))
+            case control.Approve(experiment_id=n) | control.Reject(experiment_id=n):
+                lane = next((lane for lane in self.lanes if lane.held is not None and lane.held.id == n), None)
+                if lane is None:
+                    self._notice("warning", f"#{n} is not waiting for review")
+                    return
+                exp, lane.held = lane.held, None
+                if isinstance(command, control.Approve):
+                    self.store.add_event(StoredEvent(utcnow(), self.run_id, "approve", "user", lane.index, n))
+                    lane.ready = exp
+                else:
+                    rejected = replace(exp, status=Status.REJECTED, finished_at=utcnow(), error="rejected by a person")
+                    self._save(rejected)
+                    self._remember(rejected)
+                    self.store.add_event(StoredEvent(utcnow(), self.run_id, "reject", "user", lane.index, n))
+                self._lane_changed(lane)
+
+    def _user_discard(self, exp: Experiment) -> None:
+        lane = next((lane for lane in self.lanes if lane.current is not None and lane.current.id == exp.id), None)
+        if lane is not None:  # discarding a running experiment stops it
+            lane.current = self._decide(lane.current, Decision.DISCARD, DecisionSource.USER, "discarded by a person")
+            lane.handle.stop(Status.KILLED)
+            return
+        if exp.commit == self.frontier and exp.kind != "baseline" and exp.parent_commit:
+            if self.ws.advance(exp.parent_commit, self.frontier):
+                previous, self.frontier = self.frontier, exp.parent_commit
+                self._emit(events.FrontierAdvanced(self.frontier, previous, None))
+                self.store.add_event(StoredEvent(utcnow(), self.run_id, "frontier", "user", exp.lane, exp.id,
+                                                 {"commit": self.frontier, "previous": previous, "undo": True}))
+        elif exp.decision is Decision.KEEP and exp.commit and self.ws.is_ancestor(exp.commit, self.frontier):
+            self._notice("warning", f"#{exp.id} is recorded as discarded, but later keeps build on it; "
+                                    f"its change stays in the frontier")
+        self._decide(exp, Decision.DISCARD, DecisionSource.USER, "discarded by a person")
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------------
+
+    def _save(self, exp: Experiment) -> None:
+        self.experiments[exp.id] = exp
+        self.store.save_experiment(exp)
+
+    def _shutdown(self) -> None:
+        for lane in self.lanes:
+            if lane.handle is not None:  # only after an error of ours: never leave a child behind
+                lane.handle.stop(Status.INTERRUPTED)
+                lane.handle.join(self.config.kill_grace_seconds + 5)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.sampler is not None:
+            self.sampler.stop()
+        self.store.finish_run(self.run_id)
+        self.store.flush()
+        self._emit(events.Finished(self.exit_reason or "error", self.finished, self.frontier,
+                                   {"run_id": self.run_id, "branch": self.ws.branch}))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "device"
+
+
+def _config_record(config: Config, lanes: list[Lane]) -> dict:
+    """What the runs table remembers of a session's configuration (never a secret)."""
+    return {"gpus": [f"{lane.gpu.model}#{lane.gpu.index}" for lane in lanes], "agent": config.agent,
+            "budget": config.budget, "review": config.review, "noise_floor": config.noise_floor,
+            "max_experiments": config.max_experiments, "target": {"editable": list(config.target.editable),
+                                                                  "command": config.target.command,
+                                                                  "metric": config.target.metric,
+                                                                  "direction": config.target.direction}}

@@ -1,0 +1,41 @@
+"""The README's first command, headless: real training on two CPU lanes with the offline
+mutator, ending with research a person can check -- keeps, discards, and a frontier branch
+that says the same as the log."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_headless_demo_keeps_and_discards_and_the_frontier_agrees_with_the_log(tiny_cache, tmp_path):
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(tiny_cache), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "--demo", "--no-ui", "--max-experiments", "6"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["event"] == "finished" and events[-1]["experiments"] == 6
+
+    demo = tmp_path / ".autoresearch" / "demo"
+    con = duckdb.connect(str(demo / "results.duckdb"), read_only=True)
+    decided = con.execute("SELECT kind, decision, \"commit\", val_bpb FROM experiments "
+                          "WHERE decision IS NOT NULL AND kind != 'baseline' ORDER BY id").fetchall()
+    (tag,) = con.execute("SELECT tag FROM runs").fetchone()
+    frontier_moves = con.execute("SELECT json_extract_string(detail, '$.commit') FROM events "
+                                 "WHERE kind = 'frontier' ORDER BY id").fetchall()
+    con.close()
+    assert any(d == "keep" for _, d, _, _ in decided) and any(d == "discard" for _, d, _, _ in decided)
+    assert all(v is not None and 0.2 < v < 3.0 for _, _, _, v in decided)  # real val_bpb from real training
+
+    repo = demo / "repo"
+    tip = subprocess.run(["git", "rev-parse", f"autoresearch/{tag}"], cwd=repo, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert frontier_moves and frontier_moves[-1][0] == tip  # the log's last promotion is the branch tip
+    for _, decision, commit, _ in decided:
+        if decision == "keep":  # every kept change is in the frontier's history
+            assert subprocess.run(["git", "merge-base", "--is-ancestor", commit, tip], cwd=repo).returncode == 0

@@ -1,0 +1,225 @@
+"""The engine on real git repositories, real child processes and a real DuckDB file: pinning,
+secrets, every way a run can end, the file an agent may not touch, decisions and the frontier."""
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+import scheduler.supervisor as supervisor_module
+from results.records import Decision, Status
+from results.store import Store
+from scheduler import control, events
+from scheduler.config import Config, Target
+from scheduler.gpus import Gpu
+from scheduler.supervisor import Supervisor
+from scheduler.workspace import Workspace
+
+from fake_research import ScriptedProposer, make_repo
+
+UPSTREAM_TARGET = Target(editable=("train.py",), command="python train.py")
+_OPEN_STORES = []
+
+
+@pytest.fixture(autouse=True)
+def close_stores():
+    yield
+    while _OPEN_STORES:  # also when a test failed before its own close()
+        _OPEN_STORES.pop().close()
+
+
+def engine(tmp_path, proposer, *, gpus=None, sink=None, **settings):
+    repo = make_repo(tmp_path / "repo")
+    config = Config(repo=repo, tag="t", budget=1.0, hung_seconds=3.0, timeout_seconds=6.0, kill_grace_seconds=1.0,
+                    target=UPSTREAM_TARGET, **settings)
+    store = Store(tmp_path / "log.duckdb")
+    _OPEN_STORES.append(store)
+    gpus = gpus or [Gpu(0, None, None, "cpu"), Gpu(1, None, None, "cpu")]
+    received = []
+
+    def collect(event):
+        received.append(event)
+        if sink is not None:
+            sink(event)
+
+    sup = Supervisor(config, store, Workspace(repo, "t", config.target.editable), gpus, proposer, collect,
+                     telemetry=False)
+    return sup, store, received
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(supervisor_module, "PROPOSAL_RETRY_SECONDS", 0.05)
+
+
+def test_each_child_sees_only_its_gpu_its_worktree_and_no_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-hunter2")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "hunter2-token")
+    monkeypatch.setenv("AUTORESEARCH_PASSWORD", "hunter2")  # an allowed prefix does not let a secret through
+    gpus = [Gpu(0, 0, "GPU-a", "Fake GPU"), Gpu(1, 3, "GPU-b", "Fake GPU")]
+    proposer = ScriptedProposer([{"VALUE": 0.9}, {"VALUE": 0.95}])
+    sup, store, _ = engine(tmp_path, proposer, gpus=gpus, max_experiments=4)
+    assert sup.run() == 0
+    runs = [e for e in store.experiments() if e.status is Status.OK]
+    assert len(runs) == 4
+    for e in runs:
+        assert e.extra["cuda_visible"] == f"[{e.gpu_index}]"
+        assert e.extra["device_order"] == "PCI_BUS_ID"
+        assert e.extra["cwd"] == e.worktree and Path(e.worktree).name == f"lane-{e.lane}"
+        assert e.extra["leaked"] == "[]"
+    assert {e.gpu_index for e in runs} == {0, 3}
+    store.close()
+
+
+OUTCOMES = [
+    ({"MODE": "crash"}, Status.CRASH, "exploded"),
+    ({"MODE": "oom"}, Status.OOM, "out of memory"),
+    ({"MODE": "nan"}, Status.NAN, "FAIL"),
+    ({"MODE": "hang"}, Status.HUNG, "no output"),
+    ({"MODE": "stubborn"}, Status.HUNG, "no output"),  # ignores SIGTERM: SIGKILL ends it
+    ({"MODE": "slow", "DURATION": 0.4}, Status.TIMEOUT, "ran past"),
+    ({"edit": "prepare.py", "description": "touch the harness"}, Status.REJECTED, "prepare.py"),
+    ({"VALUE": 0.9, "description": "a real win"}, Status.OK, None),
+    ({"VALUE": 1.2, "description": "worse than the frontier"}, Status.OK, None),
+    ({"MODE": "slow", "description": "stopped by a person"}, Status.KILLED, "stopped by the user"),
+]
+
+
+def test_every_outcome_is_recorded_with_its_status_and_the_lanes_go_on(tmp_path):
+    steps = [dict(step, description=step.get("description") or step["MODE"] + (" slow" if "DURATION" in step else ""))
+             for step, _, _ in OUTCOMES]
+    holder = {}
+
+    def stop_the_slow_one(event):
+        if isinstance(event, events.RunStarted) and event.experiment.description == "stopped by a person":
+            holder["sup"].submit(control.StopRun(event.lane))
+
+    sup, store, received = engine(tmp_path, ScriptedProposer(steps), sink=stop_the_slow_one,
+                                  max_experiments=2 + len(OUTCOMES) - 1)
+    holder["sup"] = sup
+    assert sup.run() == 0
+    by_description = {e.description: e for e in store.experiments() if e.kind == "proposal"}
+    for step, (_, status, words) in zip(steps, OUTCOMES):
+        e = by_description[step["description"]]
+        assert e.status is status, (e.description, e.status, e.error)
+        if words:
+            assert words in (e.error or ""), (e.description, e.error)
+        if status not in (Status.OK, Status.REJECTED):
+            assert e.decision is Decision.DISCARD
+    assert by_description["a real win"].decision is Decision.KEEP
+    assert by_description["worse than the frontier"].decision is Decision.DISCARD
+    # both lanes kept working after failures, and nothing of the rejected commit ever ran
+    assert {e.lane for e in store.experiments() if e.status.finished and e.status is not Status.REJECTED} == {0, 1}
+    assert by_description["touch the harness"].started_at is None
+    assert any(isinstance(ev, events.Finished) for ev in received)
+    store.close()
+
+
+def test_a_win_advances_the_frontier_branch_and_the_log_agrees(tmp_path):
+    proposer = ScriptedProposer([{"VALUE": 0.9, "description": "win"}, {"VALUE": 1.2, "description": "loss"}])
+    sup, store, _ = engine(tmp_path, proposer, max_experiments=4)
+    start = git(sup.ws.root, "rev-parse", "HEAD")
+    assert sup.run() == 0
+    tip = git(sup.ws.root, "rev-parse", "autoresearch/t")
+    kept = [e for e in store.experiments() if e.decision is Decision.KEEP and e.kind != "baseline"]
+    assert [e.description for e in kept] == ["win"] and kept[0].commit == tip
+    assert git(sup.ws.root, "rev-parse", f"{tip}^") == start  # fast-forward: one commit on top of the start
+    assert "VALUE = 0.9" in git(sup.ws.root, "show", f"{tip}:train.py")
+    assert git(sup.ws.root, "rev-parse", "main") == start  # the user's branch is untouched
+    loss = next(e for e in store.experiments() if e.description == "loss")
+    assert git(sup.ws.root, "rev-parse", f"refs/autoresearch/t/{loss.id}") == loss.commit  # kept reachable
+    store.close()
+
+
+def test_the_baselines_measure_noise_and_a_win_inside_it_is_confirmed_before_promotion(tmp_path, monkeypatch):
+    # Baselines 1.00 and 1.02: sigma 0.0141, margin 2 sigma = 0.0283. A result of 0.97 beats
+    # their mean by 0.04: a win, but within one sigma of the margin, so it is run again first.
+    offsets = tmp_path / "offsets"
+    offsets.write_text("0.0\n0.02\n")
+    monkeypatch.setenv("AUTORESEARCH_FAKE_OFFSETS", str(offsets))
+    sup, store, received = engine(tmp_path, ScriptedProposer([{"VALUE": 0.97, "description": "close win"}]),
+                                  max_experiments=4)
+    assert sup.run() == 0
+    rows = store.experiments()
+    assert sorted(e.val_bpb for e in rows if e.kind == "baseline") == [1.0, 1.02]
+    win = next(e for e in rows if e.description == "close win")
+    confirm = next(e for e in rows if e.kind == "confirm")
+    assert confirm.extra["confirms"] == win.id and confirm.commit == win.commit
+    confirm_event = next(ev for ev in received if isinstance(ev, events.Decided) and ev.decision == "confirm")
+    assert confirm_event.experiment_id == win.id and confirm_event.margin == pytest.approx(0.0283, abs=1e-4)
+    assert win.decision is Decision.KEEP and "over 2 runs" in win.decision_reason
+    assert git(sup.ws.root, "rev-parse", "autoresearch/t") == win.commit
+    store.close()
+
+
+def test_a_loss_within_noise_is_discarded_without_a_rerun(tmp_path, monkeypatch):
+    offsets = tmp_path / "offsets"
+    offsets.write_text("0.0\n0.02\n")
+    monkeypatch.setenv("AUTORESEARCH_FAKE_OFFSETS", str(offsets))
+    sup, store, _ = engine(tmp_path, ScriptedProposer([{"VALUE": 0.99, "description": "tiny gain"}]),
+                           max_experiments=3)
+    assert sup.run() == 0
+    rows = store.experiments()
+    gain = next(e for e in rows if e.description == "tiny gain")
+    assert gain.decision is Decision.DISCARD and "within the margin" in gain.decision_reason
+    assert not [e for e in rows if e.kind == "confirm"]
+    store.close()
+
+
+def test_a_second_lane_on_a_moved_frontier_is_replayed_onto_it(tmp_path):
+    # Both lanes draft from the same frontier; the first win moves it, so the second
+    # proposal is replayed on top before it runs or is measured again on top after it won.
+    proposer = ScriptedProposer([{"VALUE": 0.9, "description": "first"}, {"BONUS": 0.05, "description": "second"}])
+    sup, store, _ = engine(tmp_path, proposer, max_experiments=5)
+    assert sup.run() == 0
+    tip = git(sup.ws.root, "rev-parse", "autoresearch/t")
+    source = git(sup.ws.root, "show", f"{tip}:train.py")
+    assert "VALUE = 0.9" in source and "BONUS = 0.05" in source  # both changes are in the frontier
+    kept = [e.description for e in store.experiments() if e.decision is Decision.KEEP and e.kind != "baseline"]
+    assert "first" in kept and any(d.startswith("second") for d in kept)
+    store.close()
+
+
+def test_review_mode_holds_proposals_until_approved_or_rejected(tmp_path):
+    proposer = ScriptedProposer([{"VALUE": 0.9, "description": "approve me"},
+                                 {"VALUE": 0.8, "description": "reject me"}])
+    holder = {}
+
+    def reviewer(event):
+        if isinstance(event, events.ProposalReady):
+            command = control.Approve if event.experiment.description == "approve me" else control.Reject
+            holder["sup"].submit(command(event.experiment.id))
+
+    sup, store, _ = engine(tmp_path, proposer, sink=reviewer, review=True, max_experiments=4)
+    holder["sup"] = sup
+    assert sup.run() == 0
+    rows = {e.description: e for e in store.experiments()}
+    assert rows["approve me"].status is Status.OK
+    assert rows["reject me"].status is Status.REJECTED and rows["reject me"].started_at is None
+    kinds = [r[0] for r in store.con.execute("SELECT kind FROM events ORDER BY id").fetchall()]
+    assert "approve" in kinds and "reject" in kinds
+    store.close()
+
+
+def test_a_person_can_discard_a_kept_result_and_the_frontier_goes_back(tmp_path):
+    holder = {}
+
+    def undo(event):
+        if isinstance(event, events.FrontierAdvanced) and event.experiment_id is not None:
+            holder["sup"].submit(control.Discard(event.experiment_id))
+            holder["sup"].submit(control.Quit())
+
+    sup, store, _ = engine(tmp_path, ScriptedProposer([{"VALUE": 0.5, "description": "too good"}]), sink=undo,
+                           max_experiments=3)
+    holder["sup"] = sup
+    start = sup.frontier
+    assert sup.run() == 0
+    row = next(e for e in store.experiments() if e.description == "too good")
+    assert (row.decision, row.decision_source.value) == (Decision.DISCARD, "user")
+    assert git(sup.ws.root, "rev-parse", "autoresearch/t") == start
+    store.close()
