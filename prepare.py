@@ -22,7 +22,6 @@ import math
 import os
 import random
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request

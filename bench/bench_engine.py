@@ -1,7 +1,7 @@
 """Benchmark of the engine (scheduler/supervisor.py): does a lane's GPU stay busy while its
 agent thinks, and what does supervising eight streaming runs cost the supervisor's own CPU?
 
-    python bench/bench_engine.py [--quick] [--T 4] [--L 2] [--N 6] [--D 30]
+    python bench/bench_engine.py [--quick] [--T 4] [--L 2] [--N 6] [--D 30] [--part 1|2|all] [--diagnose]
 
 Both parts drive the real Supervisor in this process: a real git repository, real worktrees,
 real child processes, a real DuckDB store. Only the trainer (a stdlib script that sleeps and
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import logging
 import os
@@ -45,10 +46,10 @@ if str(ROOT) not in sys.path:
 from agents.proposer import Proposal, ProposalError  # noqa: E402
 from results.records import GpuSample  # noqa: E402
 from results.store import Store, utcnow  # noqa: E402
-from scheduler import events  # noqa: E402
+from scheduler import control, events  # noqa: E402
 from scheduler.config import Config, Target  # noqa: E402
 from scheduler.gpus import Gpu  # noqa: E402
-from scheduler.headless import JsonLinesPrinter  # noqa: E402
+from scheduler.headless import JsonLinesPrinter, describe  # noqa: E402
 from scheduler.supervisor import Supervisor  # noqa: E402
 from scheduler.workspace import Workspace  # noqa: E402
 
@@ -62,32 +63,40 @@ UPSTREAM_TARGET = Target(editable=("train.py",), command="python train.py")
 
 # -- the research repository ----------------------------------------------------------------------
 
-def trainer_source(duration: float, rate: float, knobs: int) -> str:
+def trainer_source(duration: float, rate: float, knobs: int, lines_per_write: int = 1) -> str:
     """A stdlib train.py that honours the run contract: progress lines at `rate` per second for
     `duration` seconds, then `---` and a summary. val_bpb is 1.0 minus the sum of the KNOB_*
     constants, so a proposal that raises a knob improves it and one that lowers it does not.
     Each proposal edits a knob of its own, and the knobs are kept apart by distinct lines, so a
     proposal replayed onto a frontier that moved meanwhile never conflicts: the figures measure
-    the engine, not merge luck."""
+    the engine, not merge luck. Upstream writes (and flushes) every progress line on its own;
+    `lines_per_write` > 1 holds lines back and writes them together, which shows what the
+    supervisor would pay if its reader coalesced output."""
     knob_lines = "".join(f"KNOB_{k:03d} = 0.0\n# knob {k} above, knob {k + 1} below\n\n" for k in range(knobs))
     return f'''\
 import sys, time
 T0 = time.monotonic()  # CLOCK_MONOTONIC is system-wide on Linux: comparable with the supervisor's
 DURATION = {duration!r}
 RATE = {rate!r}
+LINES_PER_WRITE = {lines_per_write!r}
 
 {knob_lines}
 knobs = sum(v for k, v in dict(globals()).items() if k.startswith("KNOB_"))
 steps = max(1, int(DURATION * RATE))
+held = []
 for step in range(steps):
     # A fixed cadence from T0, so a slow write never stretches the run.
     delay = T0 + step / RATE - time.monotonic()
     if delay > 0:
         time.sleep(delay)
     remaining = max(0.0, DURATION - step / RATE)
-    print(f"\\rstep {{step:05d}} ({{100.0 * step / steps:.1f}}%) | loss: {{3.9 - step / (10 * steps):.6f}} | lrm: 1.00 | "
-          f"dt: 318ms | tok/sec: 1,648,123 | mfu: 39.8% | epoch: 1 | remaining: {{remaining:.0f}}s    ",
-          end="", flush=True)
+    held.append(f"\\rstep {{step:05d}} ({{100.0 * step / steps:.1f}}%) | loss: {{3.9 - step / (10 * steps):.6f}} | "
+                f"lrm: 1.00 | dt: 318ms | tok/sec: 1,648,123 | mfu: 39.8% | epoch: 1 | "
+                f"remaining: {{remaining:.0f}}s    ")
+    if len(held) >= LINES_PER_WRITE or step == steps - 1:
+        sys.stdout.write("".join(held))
+        sys.stdout.flush()
+        held.clear()
 delay = T0 + DURATION - time.monotonic()
 if delay > 0:
     time.sleep(delay)
@@ -107,9 +116,9 @@ print(f"child_end_mono:   {{time.monotonic()!r}}", flush=True)
 '''
 
 
-def make_repo(root: Path, duration: float, rate: float, knobs: int) -> Path:
+def make_repo(root: Path, duration: float, rate: float, knobs: int, lines_per_write: int = 1) -> Path:
     root.mkdir(parents=True)
-    (root / "train.py").write_text(trainer_source(duration, rate, knobs))
+    (root / "train.py").write_text(trainer_source(duration, rate, knobs, lines_per_write))
     (root / "prepare.py").write_text("# the fixed harness\n")
     env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
@@ -227,10 +236,58 @@ def pct(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+class MainThreadTimer:
+    """Wraps some methods of the engine's collaborators (on the instances, not the classes) to
+    record when the supervisor's own thread spends time in them, so each gap can be split into
+    git, DuckDB, spawning and the rest. Only outermost calls count: a flush inside
+    save_experiment is part of save_experiment."""
+
+    def __init__(self):
+        self.intervals: list[tuple[float, float, str]] = []
+        self._depth = 0
+        self._main = threading.main_thread()
+
+    def wrap(self, obj, name: str, label: str) -> None:
+        original = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            if threading.current_thread() is not self._main:
+                return original(*args, **kwargs)
+            self._depth += 1
+            t0 = time.monotonic()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.intervals.append((t0, time.monotonic(), label))
+
+        setattr(obj, name, timed)
+
+    def within(self, start: float, end: float) -> dict[str, float]:
+        """Seconds per label spent inside [start, end]."""
+        out: dict[str, float] = {}
+        for t0, t1, label in self.intervals:
+            overlap = min(t1, end) - max(t0, start)
+            if overlap > 0:
+                out[label] = out.get(label, 0.0) + overlap
+        return out
+
+
+def instrument(sup: Supervisor) -> MainThreadTimer:
+    timer = MainThreadTimer()
+    for name in ("checkout", "replay", "keep_commit", "advance", "is_ancestor"):
+        timer.wrap(sup.ws, name, f"git: {name}")
+    for name in ("save_experiment", "record_decision", "add_experiment", "add_event", "add_metric", "flush"):
+        timer.wrap(sup.store, name, f"store: {name}")
+    timer.wrap(sup.executor, "start", "spawn: executor.start (Popen, watcher thread)")
+    return timer
+
+
 def build(tmp: Path, name: str, *, lanes: list[Gpu], duration: float, rate: float, latency: float,
-          max_experiments: int, sink) -> tuple[Supervisor, Store, SleepyProposer]:
+          max_experiments: int, sink, lines_per_write: int = 1) -> tuple[Supervisor, Store, SleepyProposer]:
     knobs = 2 * max_experiments + 16  # enough for every proposal, redrafts included
-    repo = make_repo(tmp / name / "repo", duration, rate, knobs)
+    repo = make_repo(tmp / name / "repo", duration, rate, knobs, lines_per_write)
     config = Config(repo=repo, tag="bench", target=UPSTREAM_TARGET, max_experiments=max_experiments,
                     hung_seconds=max(60.0, 4 * duration), timeout_seconds=4 * duration + 60)
     store = Store(tmp / name / "results.duckdb")
@@ -279,6 +336,7 @@ def bench_pipelining(tmp: Path, T: float, L: float, N: int) -> dict:
     # A few progress lines per second, as a real trainer prints about one per step.
     sup, store, _ = build(tmp, "pipelining", lanes=lanes, duration=T, rate=4.0, latency=L,
                           max_experiments=PIPELINE_LANES * N, sink=recorder)
+    timer = instrument(sup)
     t0 = time.monotonic()
     code = sup.run()
     wall = time.monotonic() - t0
@@ -291,7 +349,30 @@ def bench_pipelining(tmp: Path, T: float, L: float, N: int) -> dict:
     kinds: dict[str, int] = {}
     for run in recorder.runs.values():
         kinds[run.kind] = kinds.get(run.kind, 0) + 1
+    # Where each gap went, summed over every gap of every lane, and the two stretches the
+    # trainer's clock adds: its end to RunFinished (exit, EOF, wait, inbox, saving the result)
+    # and RunStarted to its first line (interpreter start).
+    parts: dict[str, float] = {}
+    total_gap = 0.0
+    by_lane: dict[int, list[RunTimes]] = {}
+    for run in recorder.runs.values():
+        if run.finished is not None:
+            by_lane.setdefault(run.lane, []).append(run)
+    notice, startup = [], []
+    for runs in by_lane.values():
+        runs.sort(key=lambda r: r.started)
+        for a, b in zip(runs, runs[1:]):
+            total_gap += b.started - a.finished
+            for label, seconds in timer.within(a.finished, b.started).items():
+                parts[label] = parts.get(label, 0.0) + seconds
+        for r in runs:
+            if r.child_end is not None:
+                notice.append(r.finished - r.child_end)
+            if r.child_start is not None:
+                startup.append(r.child_start - r.started)
     return {"code": code, "wall": wall, "lanes": figures, "recorder": recorder, "statuses": statuses, "kinds": kinds,
+            "gap_parts": parts, "gap_total": total_gap, "gap_count": sum(max(0, len(r) - 1) for r in by_lane.values()),
+            "notice": notice, "startup": startup,
             "rebased": sum(1 for e in rows if "drafted_on" in e.extra),
             "rejected": sum(1 for e in rows if e.status.value == "rejected"),
             "exit_reason": sup.exit_reason}
@@ -318,13 +399,26 @@ def print_pipelining(res: dict, T: float, L: float) -> None:
         print(f"  gap, child view (trainer's last line -> next trainer's first line): "
               f"median {statistics.median(child_gaps) * 1000:.0f} ms, p99 {pct(child_gaps, 99) * 1000:.0f} ms, "
               f"max {max(child_gaps) * 1000:.0f} ms")
-    print(f"  sequential reference (propose, then train): T/(T+L) = {T:g}/({T:g}+{L:g}) = {T / (T + L):.1%}")
+    if res["gap_count"]:
+        n, total = res["gap_count"], res["gap_total"]
+        print(f"  where the engine-view gaps go (mean per gap, {total / n * 1000:.1f} ms; "
+              f"main-thread time in each call):")
+        for label, seconds in sorted(res["gap_parts"].items(), key=lambda kv: -kv[1]):
+            print(f"    {label:<50} {seconds / n * 1000:7.1f} ms")
+        rest = total - sum(res["gap_parts"].values())
+        print(f"    {'the rest (judging, bookkeeping, waiting for the GIL)':<50} {rest / n * 1000:7.1f} ms")
+    if res["notice"] and res["startup"]:
+        print(f"  trainer's last line -> RunFinished: median {statistics.median(res['notice']) * 1000:.0f} ms "
+              f"(exit, EOF, wait, inbox, result saved); RunStarted -> trainer's first line: median "
+              f"{statistics.median(res['startup']) * 1000:.0f} ms (interpreter start, less the UPDATE after Popen)")
+    print(f"  sequential reference (propose, then train): T/(T+L) = {T:g}/({T:g}+{L:g}) = {T / (T + L):.1%} "
+          f"(sequential agent loops reach 60-80%)")
 
 
 # -- [2] supervisor CPU ------------------------------------------------------------------------------------
 
-def thread_cpu() -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) of each thread of this process, from /proc (Linux)."""
+def thread_cpu() -> dict[int, tuple[str, float, float]]:
+    """(name, user s, system s) of each thread of this process, from /proc (Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
     names = {t.native_id: t.name for t in threading.enumerate()}
     out = {}
@@ -340,7 +434,7 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
             continue  # it ended meanwhile
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         rest = stat[stat.rindex(")") + 2:].split()  # rest[0] is field 3 (state): utime is field 14
-        out[int(tid)] = (names.get(int(tid), f"[{comm}]"), (int(rest[11]) + int(rest[12])) / tick)
+        out[int(tid)] = (names.get(int(tid), f"[{comm}]"), int(rest[11]) / tick, int(rest[12]) / tick)
     return out
 
 
@@ -363,17 +457,15 @@ class Reading:
     wall: float
     process: float  # time.process_time(): every thread of this process, children excluded
     rusage_self: float
-    rusage_children: float
-    threads: dict[int, tuple[str, float]]
+    threads: dict[int, tuple[str, float, float]]
     progress: int
     samples: int
 
     @staticmethod
     def take(recorder: Recorder, injector: "Injector") -> "Reading":
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return Reading(time.monotonic(), time.process_time(), me.ru_utime + me.ru_stime,
-                       kids.ru_utime + kids.ru_stime, thread_cpu(), recorder.progress, injector.sent)
+        me = resource.getrusage(resource.RUSAGE_SELF)  # a cross-check of process_time()
+        return Reading(time.monotonic(), time.process_time(), me.ru_utime + me.ru_stime, thread_cpu(),
+                       recorder.progress, injector.sent)
 
 
 class Injector:
@@ -398,16 +490,21 @@ class Injector:
             self.stop.wait(next_tick - time.monotonic())
 
 
-def bench_cpu(tmp: Path, name: str, D: float, rate: float, consumer, profile: bool = False) -> dict:
+def bench_cpu(tmp: Path, name: str, D: float, rate: float, consumer, profile: bool = False,
+              lines_per_write: int = 1) -> dict:
     gpus = [Gpu(i, i, f"GPU-{i}", "Fake GPU") for i in range(CPU_LANES)]
     recorder = Recorder(consumer, lanes=len(gpus))
-    # One run per lane: once all eight have started nothing else is scheduled, so the window
-    # holds only what a long night holds between runs -- streaming, telemetry, store flushes.
+    # One run per lane, and nothing scheduled during the window: it holds only what a long
+    # night holds between runs -- streaming, telemetry, store flushes. The budget has room for
+    # the two proposals lanes 0 and 1 draft while their baselines run: with max_experiments=8
+    # those two drafts would take the last two slots and lanes 6 and 7 would never start
+    # (_budget_spoken_for counts drafts of busy lanes first). A graceful quit after the window
+    # means those two drafts never run.
     sup, store, _ = build(tmp, name, lanes=gpus, duration=D, rate=rate, latency=0.0,
-                          max_experiments=CPU_LANES, sink=recorder)
+                          max_experiments=CPU_LANES + Config().baseline_runs, sink=recorder,
+                          lines_per_write=lines_per_write)
     injector = Injector(sup, gpus)
     readings: dict[str, Reading] = {}
-    first_finished_at: list[float] = []
 
     def meter():
         if not recorder.all_started.wait(D + 60):
@@ -418,8 +515,8 @@ def bench_cpu(tmp: Path, name: str, D: float, rate: float, consumer, profile: bo
         # Every run streams until at least first_start + D; stop a second before that.
         time.sleep(max(0.0, first_start + D - 1.0 - time.monotonic()))
         readings["b"] = Reading.take(recorder, injector)
+        sup.submit(control.Quit(now=False))
         recorder.first_finished.wait(D + 60)
-        first_finished_at.append(time.monotonic())
         injector.stop.set()  # no sample after the first run ends, so every one sent is handled
 
     meter_thread = threading.Thread(target=meter, name="bench-meter", daemon=True)
@@ -449,18 +546,29 @@ def bench_cpu(tmp: Path, name: str, D: float, rate: float, consumer, profile: bo
         span = b.wall - a.wall
         res.update(window=span, cpu_pct=100 * (b.process - a.process) / span,
                    rusage_pct=100 * (b.rusage_self - a.rusage_self) / span,
-                   children_pct=100 * (b.rusage_children - a.rusage_children) / span,
                    lines_per_s=(b.progress - a.progress) / span, samples_per_s=(b.samples - a.samples) / span)
-        groups: dict[str, float] = {}
-        for tid, (tname, seconds) in b.threads.items():
-            before = a.threads.get(tid, (tname, 0.0))[1]
-            groups[group_of(tname)] = groups.get(group_of(tname), 0.0) + seconds - before
-        res["groups"] = {g: 100 * s / span for g, s in sorted(groups.items(), key=lambda kv: -kv[1])}
+        groups: dict[str, list[float]] = {}
+        for tid, (tname, user, system) in b.threads.items():
+            _, user0, system0 = a.threads.get(tid, (tname, 0.0, 0.0))
+            group = groups.setdefault(group_of(tname), [0.0, 0.0])
+            group[0] += user - user0
+            group[1] += system - system0
+        res["groups"] = {g: (100 * u / span, 100 * k / span)
+                         for g, (u, k) in sorted(groups.items(), key=lambda kv: -sum(kv[1]))}
     if profiler is not None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
         res["profile"] = out.getvalue()
     return res
+
+
+class EncodeOnly:
+    """The JSON printer's work without its write: each event encoded and described, nothing
+    written. Against the real printer it separates the encoding from the write and flush."""
+
+    def __call__(self, event) -> None:
+        events.to_json(event)
+        describe(event)
 
 
 def print_cpu(res: dict, label: str) -> None:
@@ -472,11 +580,11 @@ def print_cpu(res: dict, label: str) -> None:
         return
     print(f"  window {res['window']:.1f} s with all {CPU_LANES} lanes streaming: {res['lines_per_s']:.0f} progress "
           f"events/s, {res['samples_per_s']:.1f} GPU samples/s")
-    print(f"  supervisor process CPU: {res['cpu_pct']:.2f}% of one core (process_time); "
-          f"getrusage(SELF) {res['rusage_pct']:.2f}%; the trainers themselves {res['children_pct']:.2f}% (not counted)")
-    print("  by thread (from /proc, 10 ms ticks):")
-    for group, value in res["groups"].items():
-        print(f"    {group:<40} {value:6.2f}%")
+    print(f"  supervisor process CPU: {res['cpu_pct']:.2f}% of one core (process_time; getrusage(SELF) "
+          f"{res['rusage_pct']:.2f}%; the trainers are children and not counted)")
+    print(f"  by thread (from /proc, 10 ms ticks)        {'total':>7} {'user':>7} {'system':>7}")
+    for group, (user, system) in res["groups"].items():
+        print(f"    {group:<40} {user + system:6.2f}% {user:6.2f}% {system:6.2f}%")
     print(f"  stored: {res['stored_metrics']:,} metric rows for {res['printed_lines']:,} progress lines printed "
           f"({res['recorder'].progress:,} progress events); {res['stored_samples']:,} telemetry rows for "
           f"{res['sent_samples']:,} samples sent")
@@ -492,9 +600,13 @@ def main() -> int:
     ap.add_argument("--N", type=int, help="runs per lane in [1] (default 6)")
     ap.add_argument("--D", type=float, help="seconds each run streams in [2] (default 30)")
     ap.add_argument("--rate", type=float, default=20.0, help="progress lines per second per run in [2]")
+    ap.add_argument("--part", choices=("1", "2", "all"), default="all", help="run only [1] or only [2]")
     ap.add_argument("--skip-json", action="store_true", help="measure [2] with the no-op sink only")
     ap.add_argument("--profile", action="store_true",
                     help="one more pass of [2] under cProfile (main thread) and print the top functions")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="extra passes of [2] that split its cost: lines written 5 at a time (fewer wakeups), "
+                         "events JSON-encoded but not written, and --profile")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     quick = dict(T=2.0, L=1.0, N=3, D=8.0) if args.quick else dict(T=4.0, L=2.0, N=6, D=30.0)
@@ -515,34 +627,40 @@ def main() -> int:
           f"{CPU_LANES} GPUs")
     tmp = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     try:
-        print("\n[1] pipelining")
-        pipe = bench_pipelining(tmp, T, L, N)
-        print_pipelining(pipe, T, L)
-
-        print("\n[2] supervisor CPU")
-        cpu_noop = bench_cpu(tmp, "cpu-noop", D, args.rate, None)
-        print_cpu(cpu_noop, "no-op sink")
-        cpu_json = None
-        devnull = None
-        if not args.skip_json:
-            devnull = open(os.devnull, "w")
-            try:
-                cpu_json = bench_cpu(tmp, "cpu-json", D, args.rate, JsonLinesPrinter(json_out=devnull))
-            finally:
-                devnull.close()
-            print_cpu(cpu_json, "JSON lines to /dev/null")
-        if args.profile:
-            prof = bench_cpu(tmp, "cpu-profile", D, args.rate, None, profile=True)
-            print(f"\n  cProfile of the supervisor loop (main thread; the profiler inflates it: "
-                  f"{prof.get('cpu_pct', float('nan')):.2f}% under it), top 25 by own time:")
-            print("\n".join("    " + row for row in prof["profile"].splitlines()))
+        pipe = cpu_noop = cpu_json = None
+        diag: list[tuple[str, dict]] = []
+        if args.part in ("1", "all"):
+            print("\n[1] pipelining")
+            pipe = bench_pipelining(tmp, T, L, N)
+            print_pipelining(pipe, T, L)
+        if args.part in ("2", "all"):
+            print("\n[2] supervisor CPU")
+            cpu_noop = bench_cpu(tmp, "cpu-noop", D, args.rate, None)
+            print_cpu(cpu_noop, "no-op sink")
+            if not args.skip_json:
+                with open(os.devnull, "w") as devnull:
+                    cpu_json = bench_cpu(tmp, "cpu-json", D, args.rate, JsonLinesPrinter(json_out=devnull))
+                print_cpu(cpu_json, "JSON lines to /dev/null")
+            if args.diagnose:
+                # Same lines, but five per write: the watcher and the loop wake a fifth as often.
+                diag.append(("noop, 5 lines per write", bench_cpu(tmp, "cpu-burst", D, args.rate, None,
+                                                                  lines_per_write=5)))
+                print_cpu(diag[-1][1], "no-op sink, trainer writes 5 lines at a time")
+                diag.append(("JSON encoded, not written", bench_cpu(tmp, "cpu-encode", D, args.rate, EncodeOnly())))
+                print_cpu(diag[-1][1], "events JSON-encoded and described, not written")
+            if args.profile or args.diagnose:
+                prof = bench_cpu(tmp, "cpu-profile", D, args.rate, None, profile=True)
+                print(f"\n  cProfile of the supervisor loop, main thread, whole session (start-up included; "
+                      f"{prof.get('cpu_pct', float('nan')):.2f}% of a core in the window under the profiler), "
+                      f"top 25 by own time:")
+                print("\n".join("    " + row for row in prof["profile"].splitlines()))
 
         # ---- results table --------------------------------------------------------------------------
         def verdict(ok: bool) -> str:
             return "PASS" if ok else "MISS"
 
         rows = []
-        lanes = pipe["lanes"]
+        lanes = pipe["lanes"] if pipe is not None else []
         if lanes:
             worst = min(f.busy for f in lanes)
             rows.append(("[1] busy, worst lane (engine view)", f"{worst:.2%}", ">= 99%", verdict(worst >= TARGET_BUSY)))
@@ -558,11 +676,17 @@ def main() -> int:
                              verdict(pct(gaps, 99) < TARGET_GAP_S)))
                 rows.append(("[1] gap max (engine view)", f"{max(gaps) * 1000:.0f} ms", "< 1 s",
                              verdict(max(gaps) < TARGET_GAP_S)))
+                # The gap does not grow with the run, so at upstream's 5-minute budget the same
+                # gaps are a rounding error; the 99% target at T=4 s is a 40 ms budget per gap.
+                mean_gap = statistics.fmean(gaps)
+                rows.append(("[1] busy with 300 s runs, same gaps", f"{300 / (300 + mean_gap):.2%}",
+                             "(extrapolated)", ""))
             child_gaps = [g for f in lanes for g in f.child_gaps]
             if child_gaps:
                 rows.append(("[1] gap max (trainer's clock)", f"{max(child_gaps) * 1000:.0f} ms", "< 1 s",
                              verdict(max(child_gaps) < TARGET_GAP_S)))
-        rows.append(("[1] sequential loop, T/(T+L) (analytic)", f"{T / (T + L):.1%}", "(reference)", ""))
+        if pipe is not None:
+            rows.append(("[1] sequential loop, T/(T+L) (analytic)", f"{T / (T + L):.1%}", "(reference)", ""))
         for label, res in (("no-op sink", cpu_noop), ("JSON printer", cpu_json)):
             if res is None:
                 continue
@@ -570,24 +694,30 @@ def main() -> int:
                 rows.append((f"[2] supervisor CPU, {label}", f"{res['cpu_pct']:.2f}%", "< 2% core",
                              verdict(res["cpu_pct"] < TARGET_CPU_PCT)))
             ok = res["stored_metrics"] == res["printed_lines"] and res["stored_samples"] == res["sent_samples"]
-            rows.append((f"[2] rows stored, {label}",
-                         f"{res['stored_metrics']}/{res['printed_lines']} + {res['stored_samples']}/{res['sent_samples']}",
-                         "all", verdict(ok)))
+            stored = (f"{res['stored_metrics']}/{res['printed_lines']} + "
+                      f"{res['stored_samples']}/{res['sent_samples']}")
+            rows.append((f"[2] rows stored, {label}", stored, "all", verdict(ok)))
 
-        print("\n" + "=" * 86)
-        print(f"{'figure':<44} {'value':>20} {'target':>12} {'':>6}")
-        print("-" * 86)
+        for label, res in diag:
+            if "cpu_pct" in res:
+                rows.append((f"[2] CPU, {label}", f"{res['cpu_pct']:.2f}%", "(diagnostic)", ""))
+        print("\n" + "=" * 88)
+        print(f"{'figure':<44} {'value':>20} {'target':>14} {'':>6}")
+        print("-" * 88)
         for label, value, target, v in rows:
-            print(f"{label:<44} {value:>20} {target:>12} {v:>6}")
-        print("-" * 86)
+            print(f"{label:<44} {value:>20} {target:>14} {v:>6}")
+        print("-" * 88)
         print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; T={T:g} s, L={L:g} s, N={N}, D={D:g} s, "
               f"{args.rate:g} lines/s")
         print("engine view: RunStarted/RunFinished as the sink sees them; trainer's clock: the child's own first and")
         print("last line (it also counts interpreter exit/start and the watcher noticing the end).")
         print("rows stored: metric rows / progress lines printed + telemetry rows / samples sent.")
-        print("=" * 86)
+        print("=" * 88)
         return 0
     finally:
+        # The engine's objects hold each other in cycles (futures' callbacks, lanes); collect
+        # them while DuckDB is still loaded, or its bindings report "leaks" at exit.
+        gc.collect()
         if args.keep:
             print(f"kept {tmp}")
         else:

@@ -96,10 +96,11 @@ class SchemaTooNew(Exception):
 
 def current_version(con) -> int:
     has_table = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchall()[0][0]
     if not has_table:
         return 0
-    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    # fetchall, not fetchone: DuckDB 2.0 keeps a half-read result open and refuses the next call
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
 
 
 def migrate(con, target: int = SCHEMA_VERSION) -> int:

@@ -10,6 +10,7 @@ holds up the writer: a finished experiment is durable as soon as its UPDATE comm
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import operator
@@ -17,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from dataclasses import astuple, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +29,7 @@ import pyarrow as pa
 from . import queries
 from .memory_index import index_terms
 from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory,
-                      MetricPoint, Run, Status, SUMMARY_COLUMNS)
+                      MetricPoint, Run, SUMMARY_COLUMNS)
 from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
 
 BIG_TABLES = ("metrics", "telemetry")  # snapshotted on a slower cadence: they dominate the size
@@ -121,9 +123,14 @@ class Store:
         # lands; that one re-exports every table, in the background.
         self._snapshots = _Snapshotter(self, full_snapshot_seconds)
         self._snapshots.request(full=True)
+        # A store left open by a failure elsewhere is still flushed and closed at exit, before
+        # the interpreter tears down the snapshot thread under DuckDB's feet.
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     def _max_id(self, table: str) -> int:
-        return self.con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+        # fetchall, not fetchone: DuckDB 2.0 keeps a half-read result open, and the next
+        # register() on this connection (a flush) would be refused.
+        return self.con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchall()[0][0]
 
     def _take_id(self, table: str) -> int:
         value = self._next_id[table]
@@ -298,8 +305,8 @@ class Store:
 
     def latest_tag(self) -> str | None:
         with self._lock:
-            row = self.con.execute("SELECT tag FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
-            return row[0] if row else None
+            rows = self.con.execute("SELECT tag FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()
+            return rows[0][0] if rows else None
 
     def leaderboard(self, run_id: str | None = None, limit: int | None = None):
         with self._lock:
@@ -451,6 +458,12 @@ class _Snapshotter:
         for stale in self.root.glob(".tmp-*"):  # left by a writer that was killed mid-export
             if not stale.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def _close_at_exit(ref) -> None:
+    store = ref()
+    if store is not None:
+        store.close()
 
 
 def _current_snapshot(root: Path) -> Path | None:

@@ -36,6 +36,8 @@ _PASS_NAMES = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TERM", "TZ",
                "PYTHONHASHSEED", "SSL_CERT_FILE", "CUDA_HOME", "CUDA_PATH"}
 _PASS_PREFIXES = ("LC_", "AUTORESEARCH_", "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "TRITON_",
                   "PYTORCH_", "NVIDIA_", "OMP_", "MKL_", "KMP_")
+READ_INTERVAL_S = 0.25  # progress reaches the UI at most this late
+_BUSY_CHUNK = 16384  # a chunk this big means a chatty child: read again at once, never block it
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE", re.I)
 
 
@@ -116,7 +118,7 @@ def utcnow() -> datetime:
 class RunHandle:
     """A live child. `stop()` may be called from any thread, any number of times."""
 
-    def __init__(self, spec: RunSpec, on_progress: Callable[[Progress], None], on_done: Callable[[RunResult], None]):
+    def __init__(self, spec: RunSpec, on_progress: Callable[[list[Progress]], None], on_done: Callable[[RunResult], None]):
         self.spec = spec
         self._on_progress, self._on_done = on_progress, on_done
         self._stop_status: Status | None = None
@@ -170,13 +172,18 @@ class RunHandle:
                 ready, _, _ = select.select([fd], [], [], 0.5)
                 now = time.monotonic()
                 if ready:
-                    chunk = os.read(fd, 65536)
+                    chunk = os.read(fd, 1 << 20)
                     if not chunk:
                         break  # every process of the group has closed its output
                     last_output = now
                     self._log.write(chunk)
-                    for point in parser.feed(decoder.decode(chunk)):
-                        self._on_progress(point)
+                    points = parser.feed(decoder.decode(chunk))
+                    if points:
+                        self._on_progress(points)
+                    if len(chunk) < _BUSY_CHUNK:
+                        # Let a few lines gather in the pipe: one wake-up per line would cost
+                        # the supervisor more CPU than the parsing itself (bench/bench_engine.py).
+                        time.sleep(READ_INTERVAL_S)
                 if self._stop_status is None:
                     if now - self._t0 > self.spec.timeout_s:
                         self.stop(Status.TIMEOUT)
@@ -185,8 +192,9 @@ class RunHandle:
                 elif not killed_hard and now >= self._stop_deadline:
                     self._signal(signal.SIGKILL)  # it ignored SIGTERM
                     killed_hard = True
-            for point in parser.feed(decoder.decode(b"", final=True)) + parser.close():
-                self._on_progress(point)
+            points = parser.feed(decoder.decode(b"", final=True)) + parser.close()
+            if points:
+                self._on_progress(points)
             # The output closed: the child is ending. A grandchild that closed its output but
             # lives on is still in the group; make sure nothing of the run outlives it.
             try:
@@ -235,6 +243,6 @@ class LocalExecutor:
     """Runs experiments as child processes on this machine. The engine sees only start():
     another executor (a Ray cluster, say) would return a handle with the same methods."""
 
-    def start(self, spec: RunSpec, on_progress: Callable[[Progress], None],
+    def start(self, spec: RunSpec, on_progress: Callable[[list[Progress]], None],
               on_done: Callable[[RunResult], None]) -> RunHandle:
         return RunHandle(spec, on_progress, on_done)

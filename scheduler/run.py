@@ -14,7 +14,7 @@ from agents.mutator import OfflineMutator
 from results.store import Store, StoreError
 
 from . import config as cfg
-from .demo import DemoError, demo_config, prepare_data
+from .demo import DEMO_KNOBS, DemoError, demo_config, prepare_data
 from .gpus import GpuSpecError, discover
 from .headless import JsonLinesPrinter, install_signal_handlers
 from .lock import AlreadyRunning, SupervisorLock
@@ -58,7 +58,7 @@ def _logging(log_file: Path) -> None:
 
 def _proposer(config: cfg.Config):
     if config.agent == "offline":
-        return OfflineMutator(seed=config.seed)
+        return OfflineMutator(seed=config.seed, include=DEMO_KNOBS if config.demo else None)
     raise UsageError(f"--agent {config.agent}: LLM agents are not available in this release yet; "
                      "use --agent offline.")
 

@@ -16,19 +16,19 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable
 
 from agents.proposer import PastExperiment, Proposer, ProposalRequest
-from results.records import (Decision, DecisionSource, Event as StoredEvent, Experiment, MetricPoint, Run,
-                             Status)
+from results.records import Event as StoredEvent, Experiment, MetricPoint, Run, Status
 from results.store import Store, utcnow
 
 from . import control, events
+from .commands import Commands
 from .config import Config
 from .decide import Measurements, Policy
 from .executor import LocalExecutor, RunSpec, child_environment, target_command
 from .gpus import Gpu, TelemetrySampler
+from .judging import Judging
 from .lanes import Lane
 from .workspace import Workspace, WorkspaceError
 
@@ -36,10 +36,9 @@ log = logging.getLogger("autoresearch.supervisor")
 
 PROPOSAL_RETRY_SECONDS = 5.0
 PROPOSAL_FAILURES_BEFORE_GIVING_UP = 5
-BASELINE_FAILURES_BEFORE_STOPPING = 2
 
 
-class Supervisor:
+class Supervisor(Judging, Commands):
     def __init__(self, config: Config, store: Store, workspace: Workspace, gpus: list[Gpu], proposer: Proposer,
                  sink: Callable[[events.Event], None] = lambda event: None, executor=None, telemetry: bool = True):
         self.config, self.store, self.ws, self.proposer, self.sink = config, store, workspace, proposer, sink
@@ -95,8 +94,7 @@ class Supervisor:
         self._start()
         try:
             while not self._done():
-                for lane in self.lanes:
-                    self._fill(lane)
+                self._schedule()
                 if self._done():
                     break
                 try:
@@ -192,15 +190,18 @@ class Supervisor:
 
     # -- choosing each lane's next run ------------------------------------------------------------
 
-    def _fill(self, lane: Lane) -> None:
-        if lane.lost or lane.handle is not None or self.quitting:
-            return
-        if not lane.paused and not self._out_of_budget():
+    def _schedule(self) -> None:
+        """Give every free lane its next run, then let every lane draft ahead. Runs first: with
+        --max-experiments, a lane's draft must not take the slot an idle lane could fill now."""
+        for lane in self.lanes:
+            if lane.lost or lane.handle is not None or lane.paused or self.quitting or self._out_of_budget():
+                continue
             job = self._next_job(lane)
             if job is not None:
                 self._launch(lane, job)
-        if lane.ready is None and lane.held is None and lane.drafting is None:
-            self._draft(lane)
+        for lane in self.lanes:
+            if lane.ready is None and lane.held is None and lane.drafting is None:
+                self._draft(lane)
 
     def _next_job(self, lane: Lane) -> Experiment | None:
         for exp in self.pending:
@@ -353,11 +354,13 @@ class Supervisor:
         kind = message[0]
         try:
             if kind == "progress":
-                _, lane_index, experiment_id, point = message
-                self.store.add_metric(MetricPoint(experiment_id, point.step, utcnow(), point.pct, point.loss, point.lrm,
-                                                  point.dt_ms, point.tok_per_sec, point.mfu, point.epoch,
-                                                  point.remaining_s))
-                self._emit(events.RunProgress(lane_index, experiment_id, point))
+                _, lane_index, experiment_id, points = message
+                now = utcnow()
+                for point in points:
+                    self.store.add_metric(MetricPoint(experiment_id, point.step, now, point.pct, point.loss, point.lrm,
+                                                      point.dt_ms, point.tok_per_sec, point.mfu, point.epoch,
+                                                      point.remaining_s))
+                    self._emit(events.RunProgress(lane_index, experiment_id, point))
             elif kind == "done":
                 self._run_done(self.lanes[message[1]], message[2])
             elif kind == "proposal":
@@ -396,195 +399,6 @@ class Supervisor:
             lane.handle.stop(Status.CRASH)
         self._notice("error", f"lane {lane.index} is out of service: {why}", lane.index)
         self._lane_changed(lane, why)
-
-    # -- decisions -------------------------------------------------------------------------------------------------
-
-    def _reference(self, commit: str | None, model: str) -> float | None:
-        return self.measurements.mean(commit, model) if commit else None
-
-    def _judge(self, exp: Experiment, lane: Lane) -> None:
-        if exp.decision is not None:
-            return  # a person already decided (discarded it while it ran)
-        if exp.status is not Status.OK:
-            self._decide(exp, Decision.DISCARD, DecisionSource.AUTO, f"{exp.status.value}: {exp.error or 'failed'}")
-            if exp.kind == "baseline" and exp.status is not Status.KILLED:
-                self._baseline_failed(exp, lane)
-            return
-        if exp.kind == "baseline":
-            self._decide(exp, Decision.KEEP, DecisionSource.AUTO, "baseline: the frontier as it is")
-            waiting = self.experiments.get(exp.extra.get("reference_for"))
-            if waiting is not None and waiting.decision is None:
-                self._judge(waiting, lane)  # its reference is measured now
-            return
-        # A confirmation or a rerun is judged together with the experiment it repeats.
-        original = self.experiments.get(exp.extra.get("confirms") or exp.extra.get("rerun_of"), exp)
-        if original.kind not in ("proposal", "verification"):
-            original = exp
-        model = exp.gpu_name
-        reference = self._reference(original.parent_commit, model)
-        if reference is None:
-            # Its parent was never measured on this GPU model: measure it, then judge again.
-            self.pending.appendleft(self._new_experiment(
-                "baseline", original.parent_commit, original.parent_commit,
-                f"baseline: {original.parent_commit[:7]} on {model} (reference for #{exp.id})", model=model,
-                extra={"reference_for": exp.id}))
-            return
-        runs = self.measurements.of(original.commit, model)
-        verdict = self.policy.judge(runs, reference, self.measurements.sigma(model))
-        if verdict.action == "confirm":
-            self._emit(events.Decided(original.id, "confirm", "auto", verdict.reason, verdict.delta, verdict.margin))
-            self.pending.appendleft(self._new_experiment(
-                "confirm", original.commit, original.parent_commit, f"confirm #{original.id}: {original.description}",
-                model=model, hypothesis=original.hypothesis, agent=original.agent,
-                extra={"confirms": original.id, "change": original.extra.get("change")}))
-            return
-        if exp is not original:
-            self._decide(exp, Decision(verdict.action), DecisionSource.AUTO, f"{verdict.reason} (with #{original.id})")
-        if verdict.action == "keep":
-            self._promote(original, DecisionSource.AUTO, verdict.reason)
-        else:
-            self._decide(original, Decision.DISCARD, DecisionSource.AUTO, verdict.reason)
-
-    def _baseline_failed(self, exp: Experiment, lane: Lane) -> None:
-        """The unmodified frontier failed. Once may be bad luck (a busy GPU); twice means the
-        starting point itself is broken, and every further run would be wasted."""
-        key = (exp.commit, exp.gpu_name)
-        self.baseline_failures[key] = self.baseline_failures.get(key, 0) + 1
-        if self.baseline_failures[key] < BASELINE_FAILURES_BEFORE_STOPPING:
-            self._notice("warning", f"the frontier failed on lane {lane.index} ({exp.status.value}: {exp.error}); "
-                                    f"running it again", lane.index)
-            return
-        self.failure = (f"the frontier {exp.commit[:8]} fails to run on {exp.gpu_name} "
-                        f"({exp.status.value}: {exp.error}); see {exp.log_path}")
-        self._notice("error", self.failure + "; stopping")
-        self.exit_reason = "the frontier fails to run"
-        self.quitting = "graceful"
-
-    def _decide(self, exp: Experiment, decision: Decision, source: DecisionSource, reason: str) -> Experiment:
-        exp = replace(exp, decision=decision, decision_source=source, decision_reason=reason)
-        self.experiments[exp.id] = exp
-        self.store.record_decision(exp.id, decision, source, reason, run_id=self.run_id)
-        self._emit(events.Decided(exp.id, decision.value, source.value, reason))
-        for i, past in enumerate(self.history):  # proposers learn from decisions, not just results
-            if past.change is not None and past.change == exp.extra.get("change") and past.decision is None:
-                self.history[i] = replace(past, decision=decision.value)
-        return exp
-
-    def _promote(self, exp: Experiment, source: DecisionSource, reason: str) -> None:
-        """Advance the frontier to a winner: fast-forward when it was drafted on the frontier,
-        otherwise replay it on the frontier and measure the result before trusting it."""
-        previous = self.frontier
-        if exp.parent_commit == previous or self.ws.is_ancestor(previous, exp.commit):
-            self._advance(exp, exp.commit, source, reason)
-            return
-        replayed = self.ws.replay(self.ws.worktree("promote"), exp.commit, previous)
-        if replayed is None:
-            self._decide(exp, Decision.DISCARD, source, f"{reason}; but it conflicts with the frontier {previous[:8]}")
-            self.store.add_event(StoredEvent(utcnow(), self.run_id, "promotion_conflict", source.value,
-                                             experiment_id=exp.id, detail={"frontier": previous}))
-            return
-        if source is DecisionSource.USER:
-            self._advance(exp, replayed, source, f"{reason}; replayed on the frontier as {replayed[:8]}")
-            return
-        verify = self._new_experiment("verification", replayed, previous, f"{exp.description} (on the new frontier)",
-                                      model=exp.gpu_name, hypothesis=exp.hypothesis, agent=exp.agent,
-                                      extra={"verifies": exp.id, "change": exp.extra.get("change")})
-        self.pending.appendleft(verify)
-        self._decide(exp, Decision.DISCARD, source, f"{reason}; the frontier moved meanwhile, so it is "
-                                                    f"measured again on top of it as #{verify.id}")
-
-    def _advance(self, exp: Experiment, commit: str, source: DecisionSource, reason: str) -> None:
-        previous = self.frontier
-        if not self.ws.advance(commit, previous):
-            self._notice("error", f"the frontier branch {self.ws.branch} was moved outside autoresearch-tui; "
-                                  f"#{exp.id} was not promoted")
-            return
-        self.frontier = commit
-        self._decide(exp, Decision.KEEP, source, reason)
-        self.store.add_event(StoredEvent(utcnow(), self.run_id, "frontier", source.value, exp.lane, exp.id,
-                                         {"commit": commit, "previous": previous}))
-        self._emit(events.FrontierAdvanced(commit, previous, exp.id, self.measurements.mean(exp.commit, exp.gpu_name)))
-
-    # -- control commands -------------------------------------------------------------------------------------------
-
-    def _command(self, command) -> None:
-        match command:
-            case control.Quit(now=now):
-                self.quitting = "now" if now or self.quitting else "graceful"
-                self.store.add_event(StoredEvent(utcnow(), self.run_id, f"quit:{self.quitting}", "user"))
-                if self.quitting == "now":
-                    for lane in self.lanes:
-                        if lane.handle is not None:
-                            lane.handle.stop(Status.INTERRUPTED)
-                self._notice("info", "quitting now: stopping the runs" if self.quitting == "now" else
-                             "quitting: no new runs; the running ones finish (again to stop them now)")
-            case control.PauseLane(lane=i) | control.ResumeLane(lane=i) if not 0 <= i < len(self.lanes):
-                self._notice("warning", f"there is no lane {i}")
-            case control.PauseLane(lane=i):
-                self.lanes[i].paused = True
-                self.store.add_event(StoredEvent(utcnow(), self.run_id, "pause", "user", i))
-                self._lane_changed(self.lanes[i], "paused: the running experiment finishes, no new one starts")
-            case control.ResumeLane(lane=i):
-                self.lanes[i].paused = False
-                self.store.add_event(StoredEvent(utcnow(), self.run_id, "resume", "user", i))
-                self._lane_changed(self.lanes[i])
-            case control.StopRun(lane=i):
-                if 0 <= i < len(self.lanes) and self.lanes[i].handle is not None:
-                    self.store.add_event(StoredEvent(utcnow(), self.run_id, "stop", "user", i,
-                                                     self.lanes[i].current.id))
-                    self.lanes[i].handle.stop(Status.KILLED)
-                else:
-                    self._notice("warning", f"lane {i} has no run to stop")
-            case control.Keep(experiment_id=n) | control.Discard(experiment_id=n) | control.Rerun(experiment_id=n) \
-                    if n not in self.experiments:
-                self._notice("warning", f"experiment #{n} is not part of this research line")
-            case control.Keep(experiment_id=n):
-                exp = self.experiments[n]
-                if exp.status is not Status.OK:
-                    self._notice("warning", f"#{n} has no result to keep ({exp.status.value})")
-                elif exp.commit == self.frontier:
-                    self._notice("info", f"#{n} is already the frontier")
-                else:
-                    self._promote(exp, DecisionSource.USER, "kept by a person")
-            case control.Discard(experiment_id=n):
-                self._user_discard(self.experiments[n])
-            case control.Rerun(experiment_id=n):
-                exp = self.experiments[n]
-                self.pending.append(self._new_experiment(
-                    "rerun", exp.commit, exp.parent_commit, f"rerun #{n}: {exp.description}", model=exp.gpu_name,
-                    hypothesis=exp.hypothesis, agent=exp.agent, extra={"rerun_of": n, "change": exp.extra.get("change")}))
-            case control.Approve(experiment_id=n) | control.Reject(experiment_id=n):
-                lane = next((lane for lane in self.lanes if lane.held is not None and lane.held.id == n), None)
-                if lane is None:
-                    self._notice("warning", f"#{n} is not waiting for review")
-                    return
-                exp, lane.held = lane.held, None
-                if isinstance(command, control.Approve):
-                    self.store.add_event(StoredEvent(utcnow(), self.run_id, "approve", "user", lane.index, n))
-                    lane.ready = exp
-                else:
-                    rejected = replace(exp, status=Status.REJECTED, finished_at=utcnow(), error="rejected by a person")
-                    self._save(rejected)
-                    self._remember(rejected)
-                    self.store.add_event(StoredEvent(utcnow(), self.run_id, "reject", "user", lane.index, n))
-                self._lane_changed(lane)
-
-    def _user_discard(self, exp: Experiment) -> None:
-        lane = next((lane for lane in self.lanes if lane.current is not None and lane.current.id == exp.id), None)
-        if lane is not None:  # discarding a running experiment stops it
-            lane.current = self._decide(lane.current, Decision.DISCARD, DecisionSource.USER, "discarded by a person")
-            lane.handle.stop(Status.KILLED)
-            return
-        if exp.commit == self.frontier and exp.kind != "baseline" and exp.parent_commit:
-            if self.ws.advance(exp.parent_commit, self.frontier):
-                previous, self.frontier = self.frontier, exp.parent_commit
-                self._emit(events.FrontierAdvanced(self.frontier, previous, None))
-                self.store.add_event(StoredEvent(utcnow(), self.run_id, "frontier", "user", exp.lane, exp.id,
-                                                 {"commit": self.frontier, "previous": previous, "undo": True}))
-        elif exp.decision is Decision.KEEP and exp.commit and self.ws.is_ancestor(exp.commit, self.frontier):
-            self._notice("warning", f"#{exp.id} is recorded as discarded, but later keeps build on it; "
-                                    f"its change stays in the frontier")
-        self._decide(exp, Decision.DISCARD, DecisionSource.USER, "discarded by a person")
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ trains. Every experiment commit is kept reachable by a ref `refs/autoresearch/<t
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +173,22 @@ class Workspace:
         return [p for p in self.touched(parent, sha) if p not in self.editable]
 
     def replay(self, path: Path, sha: str, onto: str) -> str | None:
-        """Cherry-pick `sha` onto `onto` in the worktree at `path`; None on a conflict (the
-        worktree is left clean either way)."""
+        """Put the change of commit `sha` on top of `onto`, in the worktree at `path`; None on a
+        conflict (the worktree is left clean either way).
+
+        The change is applied as a zero-context patch first: hyperparameters sit on adjacent
+        lines, and a three-way merge (cherry-pick) calls two edits of neighbouring lines a
+        conflict although they touch different constants. Only when that patch does not apply
+        is a real three-way merge tried."""
+        self.checkout(path, onto)
+        patch = self._git("diff", "--unified=0", "--binary", f"{sha}^", sha) + "\n"
+        message = self._git("log", "-1", "--format=%B", sha)
+        with self._lock:
+            applied = subprocess.run(["git", "apply", "--index", "--unidiff-zero", "-"], cwd=path, input=patch,
+                                     text=True, capture_output=True).returncode == 0
+        if applied:
+            self._git("commit", "--quiet", "--no-verify", "--allow-empty", "-m", message, cwd=path)
+            return self._git("rev-parse", "HEAD", cwd=path).strip()
         self.checkout(path, onto)
         try:
             self._git("cherry-pick", "--allow-empty", "--no-edit", sha, cwd=path)

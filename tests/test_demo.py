@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_headless_demo_keeps_and_discards_and_the_frontier_agrees_with_the_log(tiny_cache, tmp_path):
     env = {**os.environ, "AUTORESEARCH_CACHE": str(tiny_cache), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "--demo", "--no-ui", "--max-experiments", "6"],
+    # 8 runs (the demo's default): two baselines and six proposals, so the mutator's random
+    # choice of which rates to move and which way almost surely includes both directions.
+    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "--demo", "--no-ui", "--max-experiments", "8"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert events[-1]["event"] == "finished" and events[-1]["experiments"] == 6
+    assert events[-1]["event"] == "finished" and events[-1]["experiments"] == 8
 
     demo = tmp_path / ".autoresearch" / "demo"
     con = duckdb.connect(str(demo / "results.duckdb"), read_only=True)

@@ -2,7 +2,6 @@
 secrets, every way a run can end, the file an agent may not touch, decisions and the frontier."""
 
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,10 @@ def close_stores():
 
 def engine(tmp_path, proposer, *, gpus=None, sink=None, **settings):
     repo = make_repo(tmp_path / "repo")
-    config = Config(repo=repo, tag="t", budget=1.0, hung_seconds=3.0, timeout_seconds=6.0, kill_grace_seconds=1.0,
-                    target=UPSTREAM_TARGET, **settings)
+    # Generous limits by default, so a loaded machine never turns an ok run into a hung one;
+    # the test of every outcome tightens them.
+    settings = {"budget": 1.0, "hung_seconds": 20.0, "timeout_seconds": 40.0, "kill_grace_seconds": 1.0, **settings}
+    config = Config(repo=repo, tag="t", target=UPSTREAM_TARGET, **settings)
     store = Store(tmp_path / "log.duckdb")
     _OPEN_STORES.append(store)
     gpus = gpus or [Gpu(0, None, None, "cpu"), Gpu(1, None, None, "cpu")]
@@ -85,7 +86,7 @@ OUTCOMES = [
     ({"MODE": "slow", "DURATION": 0.4}, Status.TIMEOUT, "ran past"),
     ({"edit": "prepare.py", "description": "touch the harness"}, Status.REJECTED, "prepare.py"),
     ({"VALUE": 0.9, "description": "a real win"}, Status.OK, None),
-    ({"VALUE": 1.2, "description": "worse than the frontier"}, Status.OK, None),
+    ({"BONUS": -0.2, "description": "worse than the frontier"}, Status.OK, None),  # a line no other step edits
     ({"MODE": "slow", "description": "stopped by a person"}, Status.KILLED, "stopped by the user"),
 ]
 
@@ -100,7 +101,7 @@ def test_every_outcome_is_recorded_with_its_status_and_the_lanes_go_on(tmp_path)
             holder["sup"].submit(control.StopRun(event.lane))
 
     sup, store, received = engine(tmp_path, ScriptedProposer(steps), sink=stop_the_slow_one,
-                                  max_experiments=2 + len(OUTCOMES) - 1)
+                                  max_experiments=2 + len(OUTCOMES) - 1, hung_seconds=3.0, timeout_seconds=6.0)
     holder["sup"] = sup
     assert sup.run() == 0
     by_description = {e.description: e for e in store.experiments() if e.kind == "proposal"}
@@ -223,3 +224,29 @@ def test_a_person_can_discard_a_kept_result_and_the_frontier_goes_back(tmp_path)
     assert (row.decision, row.decision_source.value) == (Decision.DISCARD, "user")
     assert git(sup.ws.root, "rev-parse", "autoresearch/t") == start
     store.close()
+
+
+def test_changes_to_neighbouring_lines_replay_without_a_conflict(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    (repo / "train.py").write_text("A = 1\nB = 2\nC = 3\n")
+    subprocess.run(["git", "commit", "-qam", "three constants", "--author", "t <t@t>"], cwd=repo, check=True,
+                   env={**__import__("os").environ, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    ws = Workspace(repo, "t", ("train.py",))
+    start = ws.ensure_frontier()
+    draft = ws.worktree("draft")
+    commits = {}
+    for name, value in (("A", 10), ("B", 20)):
+        ws.checkout(draft, start)
+        text = (draft / "train.py").read_text().replace(f"{name} = ", f"{name} = {value} #", 1)
+        (draft / "train.py").write_text(text)
+        commits[name] = ws.commit_draft(draft, start, f"{name} -> {value}").commit
+    assert ws.advance(commits["A"], start)
+    replayed = ws.replay(ws.worktree("promote"), commits["B"], commits["A"])
+    assert replayed is not None  # a three-way merge would call this a conflict
+    assert git(repo, "show", f"{replayed}:train.py") == "A = 10 #1\nB = 20 #2\nC = 3"
+    assert git(repo, "log", "-1", "--format=%s", replayed) == "B -> 20"
+    # a real conflict (the same line changed both ways) is still refused
+    ws.checkout(draft, start)
+    (draft / "train.py").write_text("A = 99\nB = 2\nC = 3\n")
+    other = ws.commit_draft(draft, start, "A -> 99").commit
+    assert ws.replay(ws.worktree("promote"), other, commits["A"]) is None

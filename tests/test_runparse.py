@@ -46,3 +46,19 @@ def test_fail_and_out_of_memory_are_recognised():
 def test_a_line_that_only_looks_like_progress_is_not_taken_for_it():
     assert parse_progress("loading step files") is None
     assert parse_progress("step 00003 (2.5%) | loss: 4.1").loss == 4.1  # a shorter line still counts
+
+
+def test_events_encode_as_strict_json_even_with_a_nan_loss():
+    import json
+    from datetime import datetime
+
+    from results.records import GpuSample
+    from scheduler import events
+
+    point = parse_progress("step 00007 (3.0%) | loss: nan | lrm: 1.00")
+    assert point.loss != point.loss  # parsed as NaN
+    for event in (events.RunProgress(0, 5, point), events.GpuSampled(1, GpuSample(datetime(2026, 1, 1), 1, power_w=float("inf"))),
+                  events.Notice("info", "hello")):
+        body = json.loads(events.to_json(event), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        assert body["event"] == events.event_name(event)
+    assert json.loads(events.to_json(events.RunProgress(0, 5, point)))["progress"]["loss"] is None

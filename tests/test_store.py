@@ -1,7 +1,6 @@
 """The experiment log on real DuckDB files: durability, live readers, migrations, search."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from results.records import Decision, DecisionSource, Experiment, MetricPoint, Run, Status
+from results.records import Decision, DecisionSource, Experiment, MetricPoint, Status
 from results.schema import SCHEMA_VERSION, migrate
 from results.store import Reader, Store, StoreError, utcnow
 
@@ -286,3 +285,11 @@ def test_a_live_snapshot_is_consistent_and_old_ones_are_pruned(tmp_path, monkeyp
                                 "WHERE decision = 'keep'").fetchone()[0]
         curves = view.execute(f"SELECT count(*) FROM read_parquet('{latest / 'metrics.parquet'}')").fetchone()[0]
         assert (finished, curves) == (6, 30)
+
+
+def test_rows_can_be_flushed_right_after_opening(tmp_path):
+    # DuckDB 2.0 refuses work on a connection whose last result was only partly read.
+    with Store(tmp_path / "log.duckdb") as store:
+        store.add_metric(MetricPoint(experiment_id=1, step=0, t=utcnow(), loss=2.0))
+        store.flush()
+        assert store.con.execute("SELECT count(*) FROM metrics").fetchall() == [(1,)]
