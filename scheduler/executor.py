@@ -168,6 +168,10 @@ class RunHandle:
         last_output = time.monotonic()
         killed_hard = False
         try:
+            exit_fd = os.pidfd_open(self.pid)  # Linux 5.3+: readable once the child has exited
+        except (AttributeError, OSError):
+            exit_fd = None
+        try:
             while True:
                 ready, _, _ = select.select([fd], [], [], 0.5)
                 now = time.monotonic()
@@ -183,7 +187,12 @@ class RunHandle:
                     if len(chunk) < _BUSY_CHUNK:
                         # Let a few lines gather in the pipe: one wake-up per line would cost
                         # the supervisor more CPU than the parsing itself (bench/bench_engine.py).
-                        time.sleep(READ_INTERVAL_S)
+                        # The process's own descriptor wakes us at once when it exits, so the
+                        # end of a run is never noticed late.
+                        if exit_fd is not None:
+                            select.select([exit_fd], [], [], READ_INTERVAL_S)
+                        else:
+                            time.sleep(READ_INTERVAL_S)
                 if self._stop_status is None:
                     if now - self._t0 > self.spec.timeout_s:
                         self.stop(Status.TIMEOUT)
@@ -211,6 +220,8 @@ class RunHandle:
                                error=f"supervisor error while watching the run: {e!r}",
                                started_at=self.started_at, finished_at=utcnow(), seconds=time.monotonic() - self._t0)
         finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
             self.proc.stdout.close()
             self._log.close()
         self._on_done(result)
