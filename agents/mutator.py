@@ -11,7 +11,6 @@ import ast
 import fnmatch
 import functools
 import hashlib
-import operator
 import random
 import re
 import threading
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from agents.editing import constant_number
 from agents.proposer import PastExperiment, Proposal, ProposalError, ProposalRequest
 
 # Not hyperparameters, or a change that measures nothing: the seed only reshuffles noise,
@@ -44,8 +44,6 @@ TOTAL_BATCH, DEVICE_BATCH = "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _CONTEXT = re.compile(r"SEQ(UENCE)?_LEN(GTH)?$")
 _DESCRIBED = re.compile(r"^([A-Z][A-Z0-9_]*) (\S+) -> (\S+)")
-_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-               ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
 
 # (name, direction) -> why the change might lower val_bpb; direction +1 raises the value.
 HYPOTHESES = {
@@ -124,28 +122,9 @@ class Change:
 
 # --- reading the file -------------------------------------------------------------------
 
-def _number(node: ast.AST) -> int | float | None:
-    """The value of a numeric constant expression (0.04, 10_000, 2**19, -1), else None."""
-    if isinstance(node, ast.Constant):
-        value = node.value
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _number(node.operand)
-        return None if value is None else (-value if isinstance(node.op, ast.USub) else value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
-        left, right = _number(node.left), _number(node.right)
-        if left is None or right is None or (isinstance(node.op, ast.Pow) and abs(right) > 64):
-            return None  # a huge power is not a hyperparameter, and must not stall the parse
-        try:
-            return _ARITHMETIC[type(node.op)](left, right)
-        except (ArithmeticError, ValueError):
-            return None
-    return None
-
-
 def _parse_number(text: str) -> int | float | None:
     try:
-        return _number(ast.parse(text, mode="eval").body)
+        return constant_number(ast.parse(text, mode="eval").body)
     except SyntaxError:
         return None
 
@@ -158,7 +137,7 @@ def _knob(name: str, value: ast.AST, line: int, raw: bytes) -> Knob | None:
     def text(node):
         return raw[node.col_offset:node.end_col_offset].decode("utf-8")
 
-    number = _number(value)
+    number = constant_number(value)
     if number is not None:
         return Knob(name, line, ((value.col_offset, value.end_col_offset),), (None,), (number,),
                     (text(value),)) if number >= 0 else None
@@ -167,7 +146,7 @@ def _knob(name: str, value: ast.AST, line: int, raw: bytes) -> Knob | None:
         table = value.value
         keys = [k.value if isinstance(k, ast.Constant) and isinstance(k.value, str) else None
                 for k in table.keys]
-        numbers = [_number(v) for v in table.values]
+        numbers = [constant_number(v) for v in table.values]
         if (not keys or None in keys or len(set(keys)) != len(keys)
                 or any(n is None or n < 0 for n in numbers)
                 or not all(_single_line(v, line) for v in table.values)):
@@ -232,14 +211,14 @@ def _lengths_in(text: str) -> tuple[tuple[str | None, int], ...]:
     for stmt in tree.body:
         if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
                 and isinstance(stmt.targets[0], ast.Name) and _CONTEXT.search(stmt.targets[0].id)
-                and isinstance(_number(stmt.value), int)):
-            found.append((None, _number(stmt.value)))
+                and isinstance(constant_number(stmt.value), int)):
+            found.append((None, constant_number(stmt.value)))
     if "max_seq_len" in text:
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 args = {k.arg: k.value for k in node.keywords if k.arg}
                 name, length = args.get("name"), args.get("max_seq_len")
-                length = None if length is None else _number(length)
+                length = None if length is None else constant_number(length)
                 if isinstance(name, ast.Constant) and isinstance(name.value, str) and isinstance(length, int):
                     found.append((name.value, length))
     return tuple(found)

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
+
+from results.records import LlmCall
 
 
 class ProposalError(Exception):
     """The proposer could not make a proposal this time (the engine records it and asks again
-    later); the message is one sentence for the log."""
+    later); the message is one sentence for the log. `transient`: the cause will pass (a rate
+    limit, a provider outage), so the lane waits and asks again rather than giving up."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -55,3 +62,34 @@ class Proposer(Protocol):
         """Edit the files in request.worktree and describe the change. Raise ProposalError
         when no proposal can be made."""
         ...
+
+
+@dataclass(frozen=True)
+class ProposerContext:
+    """What the engine lends a proposer that wants more than requests (the LLM agents): the
+    research line's memories, a place for transcripts, and a way to account for its calls.
+    Given once, through the proposer's optional `attach(context)`."""
+
+    run_id: str
+    lanes: int
+    transcripts: Path
+    recall: Callable[[str, int], list[str]]  # (query, k) -> memory texts, best first
+    remember: Callable[[str, tuple[str, ...], str, int | None], None]  # (text, tags, author, experiment_id)
+    report_call: Callable[[LlmCall], None]  # every LLM call, for the llm_calls table and the header
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A judged proposal, for a proposer's optional `observe(outcome)`: what it learns from."""
+
+    experiment_id: int
+    lane: int
+    description: str
+    hypothesis: str | None
+    change: str | None
+    status: str
+    val_bpb: float | None
+    reference: float | None  # the frontier's val_bpb it was compared with
+    decision: str
+    reason: str
+    direction: str | None = None

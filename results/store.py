@@ -98,7 +98,11 @@ def _check_writable_folder(path: Path) -> None:
 class Store:
     """The writer. Not for use from several threads without care: every method takes one lock."""
 
-    def __init__(self, path: str | os.PathLike, *, flush_rows: int = 10_000, flush_seconds: float = 1.0,
+    # Progress lines and GPU samples reach the file in batches, at most flush_seconds late (a
+    # result flushes its run's lines first, so a finished curve is always whole). Each flush
+    # costs ~7 ms of the supervisor's thread: once a second that was a third of its CPU with
+    # 8 lanes streaming (bench/bench_engine.py); the per-experiment log files keep every line.
+    def __init__(self, path: str | os.PathLike, *, flush_rows: int = 10_000, flush_seconds: float = 5.0,
                  full_snapshot_seconds: float = 120.0):
         self.path = Path(path)
         _check_writable_folder(self.path)
@@ -220,6 +224,11 @@ class Store:
             self._metrics.append(_METRIC_ROW(point))
             self._maybe_flush()
 
+    def add_metrics(self, points: list[MetricPoint]) -> None:
+        with self._lock:
+            self._metrics.extend(map(_METRIC_ROW, points))
+            self._maybe_flush()
+
     def add_sample(self, sample: GpuSample) -> None:
         with self._lock:
             self._samples.append(_SAMPLE_ROW(sample))
@@ -255,6 +264,12 @@ class Store:
             self.con.execute(f"INSERT INTO llm_calls (id, {', '.join(names)}) VALUES (?{', ?' * len(names)})",
                              [call_id, *astuple(call)])
             return call_id
+
+    def link_llm_calls(self, call_ids: list[int], experiment_id: int) -> None:
+        """A proposal's LLM calls happen before its experiment exists; tie them to it after."""
+        with self._lock:
+            self.con.execute("UPDATE llm_calls SET experiment_id = ? WHERE id IN (SELECT unnest(?::INTEGER[]))",
+                             [experiment_id, list(call_ids)])
 
     def add_event(self, event: Event) -> int:
         with self._lock:

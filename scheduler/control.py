@@ -1,5 +1,8 @@
 """What may change the engine's state from outside: the TUI's keys and the headless signals
-send these, and nothing else mutates the supervisor."""
+send these, and nothing else mutates the supervisor.
+
+Every command a person gives is an override, recorded in the events table with when (the
+row's time) and who: `by` names the person and the tool ("ada via tui"); empty when unknown."""
 
 from __future__ import annotations
 
@@ -9,11 +12,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Keep:
     experiment_id: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
 class Discard:
     experiment_id: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
@@ -21,31 +26,37 @@ class Approve:
     """Review mode: let a held proposal run."""
 
     experiment_id: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
 class Reject:
     experiment_id: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
 class PauseLane:
     lane: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
 class ResumeLane:
     lane: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
 class StopRun:
     lane: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
 class Rerun:
     experiment_id: int
+    by: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class Quit:
     them too."""
 
     now: bool = False
+    by: str = ""
 
 
 Command = Keep | Discard | Approve | Reject | PauseLane | ResumeLane | StopRun | Rerun | Quit

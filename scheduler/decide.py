@@ -34,20 +34,25 @@ class Measurements:
 
     def __init__(self):
         self._values: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self._same: dict[str, str] = {}  # a commit -> the commit whose code (tree) it has
+
+    def same_code(self, commit: str, as_commit: str) -> None:
+        """`commit` holds exactly the code of `as_commit`: its measurements are those."""
+        self._same[commit] = self._same.get(as_commit, as_commit)
 
     def add(self, commit: str, model: str, score: float) -> None:
         if math.isfinite(score):
-            self._values[(commit, model)].append(score)
+            self._values[(self._same.get(commit, commit), model)].append(score)
 
     def of(self, commit: str, model: str) -> list[float]:
-        return list(self._values.get((commit, model), ()))
+        return list(self._values.get((self._same.get(commit, commit), model), ()))
 
     def mean(self, commit: str, model: str) -> float | None:
-        values = self._values.get((commit, model))
+        values = self._values.get((self._same.get(commit, commit), model))
         return statistics.fmean(values) if values else None
 
     def count(self, commit: str, model: str) -> int:
-        return len(self._values.get((commit, model), ()))
+        return len(self._values.get((self._same.get(commit, commit), model), ()))
 
     def sigma(self, model: str) -> float | None:
         """Pooled standard deviation of repeated runs on this GPU model; None until some

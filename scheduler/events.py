@@ -84,6 +84,22 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class LlmCallFinished:
+    """One call to an LLM provider ended (a worker drafting a proposal, the orchestrator, a
+    memory); tokens and cost for the header, the outcome for a lane that keeps failing."""
+
+    lane: int | None
+    role: str  # worker | orchestrator | memory
+    model: str
+    outcome: str  # ok | error | rate_limited | timeout
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None  # None when the model's price is unknown
+    latency_ms: float | None = None
+    experiment_id: int | None = None
+
+
+@dataclass(frozen=True)
 class Finished:
     """The supervisor has stopped; nothing follows."""
 
@@ -94,11 +110,11 @@ class Finished:
 
 
 Event = (LaneChanged | ProposalReady | RunStarted | RunProgress | RunFinished | Decided | FrontierAdvanced
-         | GpuSampled | Notice | Finished)
+         | GpuSampled | LlmCallFinished | Notice | Finished)
 
 _NAMES = {LaneChanged: "lane", ProposalReady: "proposal", RunStarted: "run_started", RunProgress: "progress",
           RunFinished: "run_finished", Decided: "decision", FrontierAdvanced: "frontier", GpuSampled: "gpu",
-          Notice: "notice", Finished: "finished"}
+          LlmCallFinished: "llm_call", Notice: "notice", Finished: "finished"}
 
 
 def event_name(event) -> str:

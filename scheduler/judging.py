@@ -80,11 +80,12 @@ class Judging:
     def _decide(self, exp: Experiment, decision: Decision, source: DecisionSource, reason: str) -> Experiment:
         exp = replace(exp, decision=decision, decision_source=source, decision_reason=reason)
         self.experiments[exp.id] = exp
-        self.store.record_decision(exp.id, decision, source, reason, run_id=self.run_id)
+        self._later(self.store.record_decision, exp.id, decision, source, reason, self.run_id)
         self._emit(events.Decided(exp.id, decision.value, source.value, reason))
         for i, past in enumerate(self.history):  # proposers learn from decisions, not just results
             if past.change is not None and past.change == exp.extra.get("change") and past.decision is None:
                 self.history[i] = replace(past, decision=decision.value)
+        self._observe(exp)
         return exp
 
     def _promote(self, exp: Experiment, source: DecisionSource, reason: str) -> None:
@@ -94,7 +95,16 @@ class Judging:
         if exp.parent_commit == previous or self.ws.is_ancestor(previous, exp.commit):
             self._advance(exp, exp.commit, source, reason)
             return
-        replayed = self.ws.replay(self.ws.worktree("promote"), exp.commit, previous)
+        replayed = self.ws.replay(None, exp.commit, previous)  # the verification run checks it out
+        if replayed is None and self._beats_frontier(exp):
+            # It changed what the frontier changed since (the same constant, say), and as it is
+            # it measured better than the frontier: the frontier takes its code whole.
+            adopted = self.ws.adopt(exp.commit, previous, f"{exp.description} (in place of {previous[:8]})\n\n"
+                                                          f"{exp.hypothesis or ''}".rstrip() + "\n")
+            self.measurements.same_code(adopted, exp.commit)
+            self._advance(exp, adopted, source, f"{reason}; it conflicts with the frontier {previous[:8]} but "
+                                                f"also beats it as it is, so the frontier takes its code")
+            return
         if replayed is None:
             self._decide(exp, Decision.DISCARD, source, f"{reason}; but it conflicts with the frontier {previous[:8]}")
             self.store.add_event(StoredEvent(utcnow(), self.run_id, "promotion_conflict", source.value,
@@ -110,6 +120,16 @@ class Judging:
         self._decide(exp, Decision.DISCARD, source, f"{reason}; the frontier moved meanwhile, so it is "
                                                     f"measured again on top of it as #{verify.id}")
 
+    def _beats_frontier(self, exp: Experiment) -> bool:
+        """Whether the experiment, as measured, beats the current frontier's own measurement
+        by the margin (on its GPU model)."""
+        model = exp.gpu_name or ""
+        frontier = self._reference(self.frontier, model)
+        runs = self.measurements.of(exp.commit, model)
+        if frontier is None or not runs:
+            return False
+        return self.policy.judge(runs, frontier, self.measurements.sigma(model)).action == "keep"
+
     def _advance(self, exp: Experiment, commit: str, source: DecisionSource, reason: str) -> None:
         previous = self.frontier
         if not self.ws.advance(commit, previous):
@@ -117,8 +137,9 @@ class Judging:
                                   f"#{exp.id} was not promoted")
             return
         self.frontier = commit
+        self._frontier_moved()
         self._decide(exp, Decision.KEEP, source, reason)
-        self.store.add_event(StoredEvent(utcnow(), self.run_id, "frontier", source.value, exp.lane, exp.id,
+        self._later(self.store.add_event, StoredEvent(utcnow(), self.run_id, "frontier", source.value, exp.lane, exp.id,
                                          {"commit": commit, "previous": previous}))
         self._emit(events.FrontierAdvanced(commit, previous, exp.id, self.measurements.mean(exp.commit, exp.gpu_name)))
 

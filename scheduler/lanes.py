@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from results.records import Experiment
@@ -24,7 +24,9 @@ class Lane:
     current: Experiment | None = None  # the experiment training now
     ready: Experiment | None = None  # a proposal committed and waiting for the GPU
     held: Experiment | None = None  # review mode: a proposal waiting for approve/reject
-    drafting: Future | None = None  # a proposal being made
+    drafting: Future | None = None  # a proposal being made (or replayed on a new frontier)
+    llm_calls: list[int] = field(default_factory=list)  # llm_calls rows of the proposal being drafted
+    draft_head: str | None = None  # the commit draft_dir holds, clean: a ready proposal runs there
     attempts: int = 0  # proposals asked for so far
     failures: int = 0  # proposals in a row that failed
     retry_at: float = 0.0  # monotonic time before which it does not ask again after a failure

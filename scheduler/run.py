@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from agents.llm import Client
+from agents.llm_proposer import LlmProposer
 from agents.mutator import OfflineMutator
 from results.store import Store, StoreError
 
@@ -44,23 +47,31 @@ def _config(args: argparse.Namespace) -> cfg.Config:
     return config
 
 
-def _logging(log_file: Path) -> None:
+def _logging(log_file: Path, console: bool = True) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    root.addHandler(console)
+    if console:  # not under the TUI: a line on the terminal would tear its screen
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     full = logging.FileHandler(log_file)  # tracebacks included, for the morning after
     full.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(full)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per LLM request drowns the research
 
 
 def _proposer(config: cfg.Config):
     if config.agent == "offline":
         return OfflineMutator(seed=config.seed, include=DEMO_KNOBS if config.demo else None)
-    raise UsageError(f"--agent {config.agent}: LLM agents are not available in this release yet; "
-                     "use --agent offline.")
+    provider, model = config.agent.split(":", 1)
+    key = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}[provider]
+    # Keys come from the environment only (the SDKs read them); a local OpenAI-compatible
+    # server (--base-url) usually needs none.
+    if not os.environ.get(key) and not (provider == "openai" and config.base_url):
+        raise UsageError(f"--agent {config.agent} needs {key} in the environment.")
+    client = Client(provider, model, base_url=config.base_url)
+    return LlmProposer(client, lanes=1)
 
 
 def supervise(args: argparse.Namespace) -> int:
@@ -86,14 +97,20 @@ def supervise(args: argparse.Namespace) -> int:
     except (cfg.ConfigError, GpuSpecError, UsageError, WorkspaceError, AlreadyRunning) as e:
         store.close()
         return _usage(e)
-    _logging(repo / ".autoresearch" / "logs" / config.tag / "supervisor.log")
+    _logging(repo / ".autoresearch" / "logs" / config.tag / "supervisor.log", console=config.no_ui)
     sink = JsonLinesPrinter(sys.stdout if config.no_ui else None)
-    if not config.no_ui:
-        log.info("the terminal UI is not part of this release yet; showing the log (--no-ui gives JSON lines)")
     try:
-        supervisor = Supervisor(config, store, workspace, gpus, proposer, sink)
-        install_signal_handlers(supervisor.submit)
-        code = supervisor.run()
+        if config.no_ui:
+            supervisor = Supervisor(config, store, workspace, gpus, proposer, sink)
+            install_signal_handlers(supervisor.submit)
+            code = supervisor.run()
+        else:
+            # The composition root is the one module outside tui/ that names it, and only here,
+            # lazily: --no-ui never imports textual (tests/test_tui_layering.py allows exactly this).
+            from tui.launch import run_tui
+
+            code = run_tui(lambda ui: Supervisor(config, store, workspace, gpus, proposer, _both(sink, ui)),
+                           config, store)
         if config.demo and code == 0:
             log.info("the log: autoresearch-tui report --db %s   the code: git -C %s log %s",
                      config.db_path, repo, workspace.branch)
@@ -104,6 +121,14 @@ def supervise(args: argparse.Namespace) -> int:
     finally:
         store.close()
         lock.release()
+
+
+def _both(first, second):
+    """Under the TUI, every event also goes to the log file, as a human line."""
+    def sink(event) -> None:
+        first(event)
+        second(event)
+    return sink
 
 
 def _usage(error: Exception) -> int:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Callable
 
-from agents.proposer import PastExperiment, Proposer, ProposalRequest
+from agents.proposer import Outcome, PastExperiment, ProposalError, Proposer, ProposalRequest, ProposerContext
 from results.records import Event as StoredEvent, Experiment, MetricPoint, Run, Status
 from results.store import Store, utcnow
 
@@ -35,7 +35,8 @@ from .workspace import Workspace, WorkspaceError
 log = logging.getLogger("autoresearch.supervisor")
 
 PROPOSAL_RETRY_SECONDS = 5.0
-PROPOSAL_FAILURES_BEFORE_GIVING_UP = 5
+PROPOSAL_FAILURES_BEFORE_GIVING_UP = 5  # in a row, for failures that will not pass by themselves
+PROPOSAL_RETRY_MAX_SECONDS = 300.0
 
 
 class Supervisor(Judging, Commands):
@@ -67,6 +68,15 @@ class Supervisor(Judging, Commands):
         self.baseline_failures: dict[tuple[str, str], int] = {}
         self.failure: str | None = None  # why the research cannot go on, when it cannot
         self.exit_reason = ""
+        self.deferred: list[tuple[Callable, tuple]] = []  # store writes that may wait for the next launch
+        self.changes: dict[str, int] = {}  # every proposed change's key -> the first experiment that made it
+        if hasattr(proposer, "attach"):  # the LLM agents: memories, transcripts, call accounting
+            proposer.attach(ProposerContext(
+                run_id=self.run_id, lanes=len(gpus), transcripts=self.logs / "transcripts",
+                recall=lambda query, k: [m.text for m in store.recall(query, k)],
+                remember=lambda text, tags, author, experiment_id: store.remember(
+                    text, tags, author=author, run_id=self.run_id, experiment_id=experiment_id),
+                report_call=lambda call: self.inbox.put(("llm_call", call))))
 
     # -- the outside world ----------------------------------------------------------------------
 
@@ -82,7 +92,7 @@ class Supervisor(Judging, Commands):
 
     def _notice(self, level: str, message: str, lane: int | None = None) -> None:
         self._emit(events.Notice(level, message, lane))
-        self.store.add_event(StoredEvent(utcnow(), self.run_id, f"notice:{level}", lane=lane,
+        self._later(self.store.add_event, StoredEvent(utcnow(), self.run_id, f"notice:{level}", lane=lane,
                                          detail={"message": message}))
 
     def _lane_changed(self, lane: Lane, detail: str = "") -> None:
@@ -95,6 +105,7 @@ class Supervisor(Judging, Commands):
         try:
             while not self._done():
                 self._schedule()
+                self._write_deferred()
                 if self._done():
                     break
                 try:
@@ -138,6 +149,8 @@ class Supervisor(Judging, Commands):
         for exp in past:
             self.experiments[exp.id] = exp
             self._remember(exp)
+            if exp.kind == "proposal" and exp.extra.get("change"):
+                self.changes.setdefault(exp.extra["change"], exp.id)
             if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
                 again = self._new_experiment(exp.kind, exp.commit, exp.parent_commit, exp.description,
                                              model=exp.gpu_name, hypothesis=exp.hypothesis, agent=exp.agent,
@@ -173,8 +186,10 @@ class Supervisor(Judging, Commands):
         if self.quitting:
             self.exit_reason = self.exit_reason or "stopped by request"
             return True
-        if self._out_of_budget():
-            self.exit_reason = f"{self.config.max_experiments} experiments run"
+        if self._out_of_budget() and not any(map(_follow_up, self.pending)):
+            extra = self.started - self.config.max_experiments
+            self.exit_reason = f"{self.config.max_experiments} experiments run" + (
+                f", and {extra} more to judge them" if extra > 0 else "")
             return True
         usable = [lane for lane in self.lanes if not lane.lost]
         if not usable:
@@ -194,9 +209,10 @@ class Supervisor(Judging, Commands):
         """Give every free lane its next run, then let every lane draft ahead. Runs first: with
         --max-experiments, a lane's draft must not take the slot an idle lane could fill now."""
         for lane in self.lanes:
-            if lane.lost or lane.handle is not None or lane.paused or self.quitting or self._out_of_budget():
+            if lane.lost or lane.handle is not None or lane.paused or self.quitting:
                 continue
-            job = self._next_job(lane)
+            # Past --max-experiments, only the runs that judge results already in hand go on.
+            job = self._next_follow_up(lane) if self._out_of_budget() else self._next_job(lane)
             if job is not None:
                 self._launch(lane, job)
         for lane in self.lanes:
@@ -216,6 +232,13 @@ class Supervisor(Judging, Commands):
         if lane.ready is not None:
             exp, lane.ready = lane.ready, None
             return exp
+        return None
+
+    def _next_follow_up(self, lane: Lane) -> Experiment | None:
+        for exp in self.pending:
+            if _follow_up(exp) and exp.gpu_name in (None, lane.model):
+                self.pending.remove(exp)
+                return exp
         return None
 
     def _needs_baseline(self, model: str) -> bool:
@@ -242,14 +265,22 @@ class Supervisor(Judging, Commands):
             exp = self._rebase(lane, exp)
             if exp is None:
                 return
+        # A proposal runs where it was drafted: its commit is checked out there already, and
+        # the worktree the last run used becomes the next draft's (the roles swap). Anything
+        # else (a baseline, a confirmation) is checked out in the run worktree.
+        in_place = exp.commit == lane.draft_head and lane.drafting is None
+        run_dir = lane.draft_dir if in_place else lane.run_dir
         log_path = self.logs / f"{exp.id:06d}.log"
         exp = replace(exp, status=Status.RUNNING, lane=lane.index, gpu_index=lane.gpu.index, gpu_uuid=lane.gpu.uuid,
-                      gpu_name=lane.model, worktree=str(lane.run_dir), started_at=utcnow(), log_path=str(log_path))
+                      gpu_name=lane.model, worktree=str(run_dir), started_at=utcnow(), log_path=str(log_path))
         try:
-            self.ws.checkout(lane.run_dir, exp.commit)
+            if in_place:
+                lane.run_dir, lane.draft_dir, lane.draft_head = lane.draft_dir, lane.run_dir, None
+            else:
+                self.ws.checkout(run_dir, exp.commit)
             env = child_environment(dict(os.environ), visible_devices=lane.gpu.visible_devices, threads=self.threads,
                                     compile_cache=self.compile_cache / _slug(lane.model), budget=self.config.budget)
-            spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), lane.run_dir, env, log_path,
+            spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), run_dir, env, log_path,
                            timeout_s=self.config.run_timeout, hung_s=self.config.hung_seconds,
                            kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric)
             lane.handle = self.executor.start(
@@ -269,14 +300,47 @@ class Supervisor(Judging, Commands):
 
     def _rebase(self, lane: Lane, exp: Experiment) -> Experiment | None:
         """A proposal drafted from a frontier that has moved since: replay it on the new one."""
-        new = self.ws.replay(lane.draft_dir, exp.commit, self.frontier)
+        new = self.ws.replay(lane.draft_dir, exp.commit, self.frontier, worktree_at=lane.draft_head)
+        lane.draft_head = new
+        return self._rebased(exp, self.frontier, new)
+
+    def _rebased(self, exp: Experiment, frontier: str, new: str | None) -> Experiment | None:
         if new is None:
             self._save(replace(exp, status=Status.REJECTED, finished_at=utcnow(),
-                               error=f"conflicts with the new frontier {self.frontier[:8]}; drafted again"))
+                               error=f"conflicts with the new frontier {frontier[:8]}; drafted again"))
             return None
         self.ws.keep_commit(exp.id, new)
-        return replace(exp, commit=new, parent_commit=self.frontier,
-                       extra={**exp.extra, "drafted_on": exp.parent_commit})
+        return replace(exp, commit=new, parent_commit=frontier,
+                       extra={**exp.extra, "drafted_on": exp.extra.get("drafted_on", exp.parent_commit)})
+
+    def _frontier_moved(self) -> None:
+        """Replay the proposals waiting for a GPU onto the new frontier now, on the proposal
+        threads, rather than when their lane frees up, when the GPU would wait for git. A lane
+        that is free now replays its own at launch: waiting for a thread would only add to that."""
+        for lane in self.lanes:
+            exp = lane.ready
+            if exp is None or lane.handle is None or lane.drafting is not None or exp.parent_commit == self.frontier:
+                continue
+            lane.ready = None
+            frontier = self.frontier
+            lane.drafting = self.pool.submit(self.ws.replay, lane.draft_dir, exp.commit, frontier,
+                                             worktree_at=lane.draft_head)
+            lane.drafting.add_done_callback(lambda f, n=lane.index, e=exp, fr=frontier:
+                                            self.inbox.put(("rebased", n, e, fr, f)))
+
+    def _rebase_done(self, lane: Lane, exp: Experiment, frontier: str, future) -> None:
+        lane.drafting = None
+        try:
+            new = future.result()
+        except Exception as e:  # noqa: BLE001 - git failed: the lane drafts afresh
+            log.error("replaying #%s on %s failed", exp.id, frontier[:8], exc_info=e)
+            new = None
+        lane.draft_head = new
+        exp = self._rebased(exp, frontier, new)
+        if exp is not None:
+            lane.ready = exp
+            self._frontier_moved()  # it may have moved again meanwhile
+        self._lane_changed(lane)
 
     # -- proposals ----------------------------------------------------------------------------------------
 
@@ -310,33 +374,46 @@ class Supervisor(Judging, Commands):
 
     def _proposal_done(self, lane: Lane, future) -> None:
         lane.drafting = None
+        calls, lane.llm_calls = lane.llm_calls, []
         try:
             proposal, draft = future.result()
         except Exception as e:  # noqa: BLE001 - ProposalError, a git problem, or a bug in a proposer
             lane.failures += 1
-            lane.retry_at = time.monotonic() + PROPOSAL_RETRY_SECONDS * lane.failures
-            if isinstance(e, WorkspaceError) or type(e).__name__ == "ProposalError":
+            transient = getattr(e, "transient", False)
+            wait = PROPOSAL_RETRY_SECONDS * (2 ** min(lane.failures - 1, 6) if transient else lane.failures)
+            lane.retry_at = time.monotonic() + min(wait, PROPOSAL_RETRY_MAX_SECONDS)
+            if isinstance(e, (WorkspaceError, ProposalError)):
                 message = str(e)
             else:
                 log.error("proposer failed on lane %s", lane.index, exc_info=e)
                 message = f"{type(e).__name__}: {e}"
-            if lane.failures >= PROPOSAL_FAILURES_BEFORE_GIVING_UP:
+            if transient:  # throttling or an outage: the lane waits, and says why, but never gives up
+                self._notice("warning", f"lane {lane.index}: no proposal ({message}); asking again in "
+                                        f"{min(wait, PROPOSAL_RETRY_MAX_SECONDS):.0f} s", lane.index)
+            elif lane.failures >= PROPOSAL_FAILURES_BEFORE_GIVING_UP:
                 lane.exhausted = True
                 self._notice("warning", f"lane {lane.index}: no proposal after {lane.failures} tries ({message}); "
                                         "it stops proposing", lane.index)
             else:
                 self._notice("warning", f"lane {lane.index}: no proposal ({message}); trying again", lane.index)
-            self._lane_changed(lane)
+            self._lane_changed(lane, f"no proposal: {message}")
             return
         lane.failures = 0
+        lane.draft_head = draft.commit
         exp = self._new_experiment("proposal", draft.commit, draft.parent, proposal.description,
                                    hypothesis=proposal.hypothesis, agent=proposal.agent or self.proposer.name,
                                    extra={**proposal.extra, "change": proposal.change, "touched": list(draft.touched)},
                                    lane=lane.index)
+        if calls:
+            self._later(self.store.link_llm_calls, calls, exp.id)
         forbidden = [p for p in draft.touched if p not in self.config.target.editable]
-        if forbidden:
-            rejected = replace(exp, status=Status.REJECTED, finished_at=utcnow(),
-                               error=f"changes {', '.join(forbidden)}, which only a person may edit")
+        duplicate = self.changes.get(proposal.change) if proposal.change else None
+        if proposal.change and duplicate is None:
+            self.changes[proposal.change] = exp.id
+        if forbidden or duplicate is not None:
+            why = (f"changes {', '.join(forbidden)}, which only a person may edit" if forbidden else
+                   f"the same change as #{duplicate}, which was tried already")
+            rejected = replace(exp, status=Status.REJECTED, finished_at=utcnow(), error=why)
             self._save(rejected)
             self._remember(rejected)
             self._notice("warning", f"lane {lane.index}: rejected #{exp.id} ({rejected.error})", lane.index)
@@ -356,21 +433,24 @@ class Supervisor(Judging, Commands):
             if kind == "progress":
                 _, lane_index, experiment_id, points = message
                 now = utcnow()
+                self.store.add_metrics([MetricPoint(experiment_id, p.step, now, p.pct, p.loss, p.lrm, p.dt_ms,
+                                                    p.tok_per_sec, p.mfu, p.epoch, p.remaining_s) for p in points])
                 for point in points:
-                    self.store.add_metric(MetricPoint(experiment_id, point.step, now, point.pct, point.loss, point.lrm,
-                                                      point.dt_ms, point.tok_per_sec, point.mfu, point.epoch,
-                                                      point.remaining_s))
                     self._emit(events.RunProgress(lane_index, experiment_id, point))
             elif kind == "done":
                 self._run_done(self.lanes[message[1]], message[2])
             elif kind == "proposal":
                 self._proposal_done(self.lanes[message[1]], message[2])
+            elif kind == "rebased":
+                self._rebase_done(self.lanes[message[1]], *message[2:])
             elif kind == "sample":
                 sample = message[1]
                 self.store.add_sample(sample)
                 lane = next((lane for lane in self.lanes if lane.gpu.index == sample.gpu_index), None)
                 if lane is not None:
                     self._emit(events.GpuSampled(lane.index, sample))
+            elif kind == "llm_call":
+                self._llm_call(message[1])
             elif kind == "lost":
                 self._lose(self.lanes[message[1]], message[2])
             elif kind == "command":
@@ -393,6 +473,26 @@ class Supervisor(Judging, Commands):
         self._judge(exp, lane)
         self._lane_changed(lane)
 
+    def _llm_call(self, call) -> None:
+        call_id = self.store.add_llm_call(call)
+        if call.role == "worker" and call.lane is not None and 0 <= call.lane < len(self.lanes):
+            self.lanes[call.lane].llm_calls.append(call_id)  # linked to its experiment once there is one
+        self._emit(events.LlmCallFinished(call.lane, call.role, call.model, call.outcome, call.input_tokens,
+                                          call.output_tokens, call.cost_usd, call.latency_ms, call.experiment_id))
+
+    def _observe(self, exp: Experiment) -> None:
+        """Tell a proposer that learns (the LLM agents) how one of its proposals was judged."""
+        observe = getattr(self.proposer, "observe", None)
+        if observe is None or exp.kind not in ("proposal", "verification") or exp.decision is None:
+            return
+        original = self.experiments.get(exp.extra.get("verifies"), exp)
+        try:
+            observe(Outcome(exp.id, exp.lane, exp.description, exp.hypothesis, exp.extra.get("change"),
+                            exp.status.value, self._metric(exp), self._reference(exp.parent_commit, exp.gpu_name or ""),
+                            exp.decision.value, exp.decision_reason or "", original.extra.get("direction")))
+        except Exception:  # noqa: BLE001 - a proposer's bookkeeping must not stop the research
+            log.exception("the proposer failed to take in #%s", exp.id)
+
     def _lose(self, lane: Lane, why: str) -> None:
         lane.lost = True
         if lane.handle is not None:
@@ -406,18 +506,46 @@ class Supervisor(Judging, Commands):
         self.experiments[exp.id] = exp
         self.store.save_experiment(exp)
 
+    def _later(self, write: Callable, *args) -> None:
+        """A store write that can wait until the lanes have their next runs: decisions and
+        events. A result itself is written at once (`_save`)."""
+        self.deferred.append((write, args))
+
+    def _write_deferred(self) -> None:
+        writes, self.deferred = self.deferred, []
+        for write, args in writes:
+            try:
+                write(*args)
+            except Exception:  # noqa: BLE001 - ours; the traceback goes to the log
+                log.exception("writing %s to the store failed", getattr(write, "__name__", write))
+
     def _shutdown(self) -> None:
+        self._write_deferred()
         for lane in self.lanes:
             if lane.handle is not None:  # only after an error of ours: never leave a child behind
                 lane.handle.stop(Status.INTERRUPTED)
                 lane.handle.join(self.config.kill_grace_seconds + 5)
+        close = getattr(self.proposer, "close", None)
+        if close is not None:  # stops proposals in flight, lets memories being written finish
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing the proposer failed")
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self.sampler is not None:
             self.sampler.stop()
+        self._write_deferred()
         self.store.finish_run(self.run_id)
         self.store.flush()
         self._emit(events.Finished(self.exit_reason or "error", self.finished, self.frontier,
                                    {"run_id": self.run_id, "branch": self.ws.branch}))
+
+
+def _follow_up(exp: Experiment) -> bool:
+    """A run that finishes judging an experiment already run (a confirmation, a verification
+    on a moved frontier, the reference it needs): it runs even past --max-experiments, so the
+    last results of a session are judged, not left as "measured again as #N"."""
+    return exp.kind in ("confirm", "verification") or (exp.kind == "baseline" and "reference_for" in exp.extra)
 
 
 def _slug(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,10 +117,12 @@ class Workspace:
         self._git("update-ref", f"refs/autoresearch/{self.tag}/{experiment_id}", sha)
 
     def subject(self, sha: str) -> str:
-        return self.repo.commit(sha).summary
+        with self._lock:
+            return self.repo.commit(sha).summary
 
     def is_ancestor(self, older: str, newer: str) -> bool:
-        return self.repo.is_ancestor(older, newer)
+        with self._lock:
+            return self.repo.is_ancestor(older, newer)
 
     # -- worktrees -----------------------------------------------------------------------------
 
@@ -172,23 +175,31 @@ class Workspace:
         """Files a commit changes that are not the target's editable files."""
         return [p for p in self.touched(parent, sha) if p not in self.editable]
 
-    def replay(self, path: Path, sha: str, onto: str) -> str | None:
-        """Put the change of commit `sha` on top of `onto`, in the worktree at `path`; None on a
-        conflict (the worktree is left clean either way).
+    def replay(self, path: Path | None, sha: str, onto: str, *, worktree_at: str | None = None) -> str | None:
+        """Put the change of commit `sha` on top of `onto` and check the result out in the
+        worktree at `path` (None: nowhere); None on a conflict (the worktree is left clean
+        either way). `worktree_at`: the commit the caller knows `path` holds, clean, which
+        saves a reset.
 
         The change is applied as a zero-context patch first: hyperparameters sit on adjacent
         lines, and a three-way merge (cherry-pick) calls two edits of neighbouring lines a
-        conflict although they touch different constants. Only when that patch does not apply
-        is a real three-way merge tried."""
-        self.checkout(path, onto)
+        conflict although they touch different constants. The patch goes into a scratch
+        index, so the new commit exists before a single file of the worktree is written: a
+        lane's GPU may be waiting for this. Only when that patch does not apply is a real
+        three-way merge tried."""
         patch = self._git("diff", "--unified=0", "--binary", f"{sha}^", sha) + "\n"
-        message = self._git("log", "-1", "--format=%B", sha)
-        with self._lock:
-            applied = subprocess.run(["git", "apply", "--index", "--unidiff-zero", "-"], cwd=path, input=patch,
-                                     text=True, capture_output=True).returncode == 0
-        if applied:
-            self._git("commit", "--quiet", "--no-verify", "--allow-empty", "-m", message, cwd=path)
-            return self._git("rev-parse", "HEAD", cwd=path).strip()
+        with self._lock:  # gitpython's object reader is one process, shared by every thread
+            message = self.repo.commit(sha).message
+        new = self._apply_on(onto, patch, message)
+        if new is not None:
+            if path is None:
+                return new
+            if worktree_at == sha:
+                self._git("checkout", "--detach", "--force", new, cwd=path)
+            else:
+                self.checkout(path, new)
+            return new
+        path = path or self.worktree("replay")
         self.checkout(path, onto)
         try:
             self._git("cherry-pick", "--allow-empty", "--no-edit", sha, cwd=path)
@@ -200,3 +211,32 @@ class Workspace:
             self.checkout(path, onto)
             return None
         return self._git("rev-parse", "HEAD", cwd=path).strip()
+
+    def adopt(self, sha: str, onto: str, message: str) -> str:
+        """A commit on top of `onto` whose code is exactly that of `sha`: the branch moves
+        forward to a program that was measured as it is."""
+        with self._lock:
+            made = subprocess.run(["git", "commit-tree", f"{sha}^{{tree}}", "-p", onto], cwd=self.root, input=message,
+                                  text=True, capture_output=True, env={**os.environ, **_IDENTITY})
+        if made.returncode != 0:
+            raise WorkspaceError(f"git could not record {sha[:8]} on {onto[:8]}: {made.stderr.strip()}")
+        return made.stdout.strip()
+
+    def _apply_on(self, onto: str, patch: str, message: str) -> str | None:
+        """The commit `onto` + `patch`, built in a scratch index; None if the patch does not apply."""
+        with self._lock, tempfile.TemporaryDirectory(prefix="autoresearch-index-") as scratch:
+            env = {**os.environ, **_IDENTITY, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
+
+            def git_(*args, stdin: str | None = None):
+                return subprocess.run(["git", *args], cwd=self.root, env=env, input=stdin, text=True,
+                                      capture_output=True)
+
+            if git_("read-tree", onto).returncode != 0:
+                return None
+            if git_("apply", "--cached", "--unidiff-zero", "-", stdin=patch).returncode != 0:
+                return None
+            tree = git_("write-tree")
+            if tree.returncode != 0:
+                return None
+            commit = git_("commit-tree", tree.stdout.strip(), "-p", onto, stdin=message)
+            return commit.stdout.strip() if commit.returncode == 0 else None

@@ -71,7 +71,8 @@ def test_each_child_sees_only_its_gpu_its_worktree_and_no_secret(tmp_path, monke
     for e in runs:
         assert e.extra["cuda_visible"] == f"[{e.gpu_index}]"
         assert e.extra["device_order"] == "PCI_BUS_ID"
-        assert e.extra["cwd"] == e.worktree and Path(e.worktree).name == f"lane-{e.lane}"
+        # a lane's runs take turns between its two worktrees; no other lane's
+        assert e.extra["cwd"] == e.worktree and Path(e.worktree).name in (f"lane-{e.lane}", f"lane-{e.lane}-draft")
         assert e.extra["leaked"] == "[]"
     assert {e.gpu_index for e in runs} == {0, 3}
     store.close()
@@ -182,7 +183,8 @@ def test_a_second_lane_on_a_moved_frontier_is_replayed_onto_it(tmp_path):
     source = git(sup.ws.root, "show", f"{tip}:train.py")
     assert "VALUE = 0.9" in source and "BONUS = 0.05" in source  # both changes are in the frontier
     kept = [e.description for e in store.experiments() if e.decision is Decision.KEEP and e.kind != "baseline"]
-    assert "first" in kept and any(d.startswith("second") for d in kept)
+    # whichever ran second was replayed before it ran, or verified on the new frontier after
+    assert any(d.startswith("first") for d in kept) and any(d.startswith("second") for d in kept)
     store.close()
 
 
@@ -245,8 +247,91 @@ def test_changes_to_neighbouring_lines_replay_without_a_conflict(tmp_path):
     assert replayed is not None  # a three-way merge would call this a conflict
     assert git(repo, "show", f"{replayed}:train.py") == "A = 10 #1\nB = 20 #2\nC = 3"
     assert git(repo, "log", "-1", "--format=%s", replayed) == "B -> 20"
+    assert (ws.worktree("promote") / "train.py").read_text() == "A = 10 #1\nB = 20 #2\nC = 3\n"  # checked out
+    # in place, from the draft worktree that holds the proposal, and with no worktree at all
+    ws.checkout(draft, commits["B"])
+    in_place = ws.replay(draft, commits["B"], commits["A"], worktree_at=commits["B"])
+    assert git(repo, "rev-parse", f"{in_place}^{{tree}}") == git(repo, "rev-parse", f"{replayed}^{{tree}}")
+    assert (draft / "train.py").read_text() == "A = 10 #1\nB = 20 #2\nC = 3\n"
+    assert git(draft, "status", "--porcelain") == ""
+    nowhere = ws.replay(None, commits["B"], commits["A"])
+    assert git(repo, "rev-parse", f"{nowhere}^{{tree}}") == git(repo, "rev-parse", f"{replayed}^{{tree}}")
     # a real conflict (the same line changed both ways) is still refused
     ws.checkout(draft, start)
     (draft / "train.py").write_text("A = 99\nB = 2\nC = 3\n")
     other = ws.commit_draft(draft, start, "A -> 99").commit
     assert ws.replay(ws.worktree("promote"), other, commits["A"]) is None
+
+
+def test_a_change_already_tried_never_reaches_a_gpu_again(tmp_path):
+    # Two proposals with the same change key (as two lanes' agents might both make): the
+    # engine, not only the agent, refuses the second before it runs.
+    proposer = ScriptedProposer([{"VALUE": 0.9, "description": "same"}, {"VALUE": 0.9, "description": "same"}])
+    sup, store, _ = engine(tmp_path, proposer, max_experiments=4)
+    assert sup.run() == 0
+    same = [e for e in store.experiments() if e.description == "same"]
+    assert [e.status for e in same] == [Status.OK, Status.REJECTED]
+    assert f"the same change as #{same[0].id}" in same[1].error and same[1].started_at is None
+    store.close()
+
+
+class FlakyProposer(ScriptedProposer):
+    """Fails `failures` times with a transient error (a provider's outage), then proposes."""
+
+    def __init__(self, steps, failures):
+        super().__init__(steps)
+        self.failures = failures
+
+    def propose(self, request):
+        with self._lock:
+            if self.failures:
+                self.failures -= 1
+                raise supervisor_module.ProposalError("HTTP 529: overloaded", transient=True)
+        return super().propose(request)
+
+
+def test_a_lane_whose_agent_keeps_failing_waits_and_says_why_but_never_gives_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(supervisor_module, "PROPOSAL_RETRY_SECONDS", 0.01)
+    failures = supervisor_module.PROPOSAL_FAILURES_BEFORE_GIVING_UP * 2
+    sup, store, received = engine(tmp_path, FlakyProposer([{"VALUE": 0.9}], failures), gpus=[Gpu(0, None, None, "cpu")],
+                                  max_experiments=3)
+    assert sup.run() == 0
+    assert any(e.description == "VALUE=0.9" and e.status is Status.OK for e in store.experiments())
+    waits = [e for e in received if isinstance(e, events.Notice) and "overloaded" in e.message]
+    assert len(waits) == failures and "asking again in" in waits[0].message
+    assert any(isinstance(e, events.LaneChanged) and "overloaded" in e.detail for e in received)
+    store.close()
+
+
+def test_a_better_change_to_what_the_frontier_just_changed_replaces_it(tmp_path):
+    # Both lanes change VALUE from the same frontier. The quicker, smaller win is kept first;
+    # the bigger one then conflicts with the new frontier, but as it is it beats that frontier,
+    # so the frontier takes its code (a commit on top, never a rewrite of the branch).
+    proposer = ScriptedProposer([{"VALUE": 0.95, "description": "a little"},
+                                 {"VALUE": 0.8, "DURATION": 1.5, "description": "a lot"}])
+    sup, store, received = engine(tmp_path, proposer, max_experiments=4)
+    assert sup.run() == 0
+    rows = {e.description: e for e in store.experiments()}
+    assert rows["a little"].decision is Decision.KEEP and rows["a lot"].decision is Decision.KEEP
+    assert "beats it as it is" in rows["a lot"].decision_reason
+    tip = git(sup.ws.root, "rev-parse", "autoresearch/t")
+    assert "VALUE = 0.8" in git(sup.ws.root, "show", f"{tip}:train.py")
+    assert git(sup.ws.root, "rev-parse", f"{tip}^") == rows["a little"].commit  # the branch only moved forward
+    assert git(sup.ws.root, "rev-parse", f"{tip}^{{tree}}") == git(sup.ws.root, "rev-parse", f"{rows['a lot'].commit}^{{tree}}")
+    advances = [e for e in received if isinstance(e, events.FrontierAdvanced)]
+    assert advances[-1].commit == tip and advances[-1].experiment_id == rows["a lot"].id
+    store.close()
+
+
+def test_a_win_on_a_moved_frontier_is_verified_even_past_max_experiments(tmp_path):
+    proposer = ScriptedProposer([{"VALUE": 0.9, "description": "first"},
+                                 {"BONUS": 0.05, "DURATION": 1.5, "description": "second"}])
+    sup, store, received = engine(tmp_path, proposer, max_experiments=4)
+    assert sup.run() == 0
+    verification = [e for e in store.experiments() if e.kind == "verification"]
+    assert len(verification) == 1 and verification[0].status is Status.OK
+    assert verification[0].decision is Decision.KEEP
+    tip = git(sup.ws.root, "rev-parse", "autoresearch/t")
+    assert tip == verification[0].commit
+    assert sup.exit_reason == "4 experiments run, and 1 more to judge them"
+    store.close()

@@ -1,0 +1,80 @@
+"""The two lines at the top: the research line, how long it has run, the best result against
+the baseline, the tally of experiments, and what the LLMs cost so far."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from . import figures
+from .state import ResearchView
+
+
+class ResearchHeader(Static):
+    DEFAULT_CSS = """
+    ResearchHeader { height: 2; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    _shown = ""
+
+    def show(self, view: ResearchView, elapsed: float) -> None:
+        text = header_text(view, elapsed, self.size.width or 80)
+        if text.plain != self._shown:  # once a second for the clock; a repaint only when it moved
+            self._shown = text.plain
+            self.update(text, layout=False)  # always two lines
+
+
+def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
+    top = Text(no_wrap=True, overflow="ellipsis")
+    top.append(f" {view.tag} ", style="bold reverse")
+    top.append(f" {figures.duration(elapsed)} ", style="dim")
+    state = _state(view)
+    if state is not None:  # before the figures, so no width hides it
+        label, style = state
+        top.append(f" {label} ", style=style)
+        top.append(" ")
+    best = view.best()
+    metric = view.metric
+    if best is not None:
+        top.append(f" best {metric} ", style="dim")
+        top.append(figures.bpb(view.value(best)), style="bold green")
+        change = view.delta(best)
+        if change is not None:
+            top.append(f" {figures.delta(change)}", style="green" if change < 0 else "red")
+            top.append(" vs baseline", style="dim")
+        top.append(f" (#{best.id})", style="dim")
+    else:
+        base = next((b for b in (view.baseline(lane.info.gpu_name) for lane in view.lanes.values())
+                     if b is not None), None)
+        top.append(f" baseline {metric} ", style="dim")
+        top.append(figures.bpb(base), style="bold")
+
+    c = view.counts()
+    bottom = Text(no_wrap=True, overflow="ellipsis")
+    bottom.append(" ")
+    for number, word, style in ((c.done, "done", "bold"), (c.kept, "kept", "bold green"),
+                                (c.discarded, "discarded", "bold"), (c.crashed, "crashed", "bold red")):
+        bottom.append(str(number), style=style if number else "dim")
+        bottom.append(f" {word} · " if word != "crashed" else f" {word}", style="dim")
+    bottom.append("   LLM ", style="dim")
+    if view.llm_calls:
+        bottom.append(f"{figures.count(view.llm_tokens)} tok ", style="bold")
+        bottom.append(figures.money(view.llm_cost, view.llm_unpriced), style="bold")
+    else:
+        bottom.append(f"{figures.MISSING} tok {figures.MISSING}", style="dim")
+    xs, ys, best_x, best_y = view.best_so_far()
+    room = width - bottom.cell_len - 8
+    if best_y and room >= 8:
+        bottom.append("  best ", style="dim")
+        bottom.append(figures.sparkline([-v for v in best_y], min(room, 24)), style="green")
+    return Text("\n").join([top, bottom])
+
+
+def _state(view: ResearchView) -> tuple[str, str] | None:
+    if view.finished is not None:
+        return f"finished: {view.finished.reason}", "bold black on yellow"
+    if view.quitting == "now":
+        return "stopping the runs", "bold white on red"
+    if view.quitting:
+        return "quitting: runs finish first", "bold black on yellow"
+    return None
