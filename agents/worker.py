@@ -113,10 +113,11 @@ class Worker:
         code = box.originals[main]
         shown = code if len(code) <= MAX_CODE_CHARS else code[:MAX_CODE_CHARS] + \
             f"\n# ... (cut: {len(code)} characters in all; read the rest with read_file)"
-        frontier = f"{request.frontier_val_bpb:.6f}" if request.frontier_val_bpb is not None else "not measured yet"
+        measured = (f"measures val_bpb {request.frontier_val_bpb:.6f}" if request.frontier_val_bpb is not None
+                    else "is being measured now")
         parts = [
             f"Your research direction: {context.direction}",
-            f"The frontier (the best program so far) measures val_bpb {frontier}. Its {main}:",
+            f"The frontier (the best program so far) {measured}. Its {main}:",
             f"```python\n{shown}\n```",
             f"Recent experiments, every lane's, oldest first (description | val_bpb | status | decision):\n"
             f"{history_table(request.history, HISTORY_ROWS)}",

@@ -98,7 +98,8 @@ class Judging:
         replayed = self.ws.replay(None, exp.commit, previous)  # the verification run checks it out
         if replayed is None and self._beats_frontier(exp):
             # It changed what the frontier changed since (the same constant, say), and as it is
-            # it measured better than the frontier: the frontier takes its code whole.
+            # it measured better than the frontier: the frontier takes its code whole, as a
+            # merge that resolves every conflict its way.
             adopted = self.ws.adopt(exp.commit, previous, f"{exp.description} (in place of {previous[:8]})\n\n"
                                                           f"{exp.hypothesis or ''}".rstrip() + "\n")
             self.measurements.same_code(adopted, exp.commit)

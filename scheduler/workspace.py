@@ -213,10 +213,11 @@ class Workspace:
         return self._git("rev-parse", "HEAD", cwd=path).strip()
 
     def adopt(self, sha: str, onto: str, message: str) -> str:
-        """A commit on top of `onto` whose code is exactly that of `sha`: the branch moves
-        forward to a program that was measured as it is."""
+        """A merge of `sha` into `onto` whose code is exactly that of `sha`: the branch moves
+        forward to a program that was measured as it is, and `sha` is in its history."""
         with self._lock:
-            made = subprocess.run(["git", "commit-tree", f"{sha}^{{tree}}", "-p", onto], cwd=self.root, input=message,
+            made = subprocess.run(["git", "commit-tree", f"{sha}^{{tree}}", "-p", onto, "-p", sha], cwd=self.root,
+                                  input=message,
                                   text=True, capture_output=True, env={**os.environ, **_IDENTITY})
         if made.returncode != 0:
             raise WorkspaceError(f"git could not record {sha[:8]} on {onto[:8]}: {made.stderr.strip()}")

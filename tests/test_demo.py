@@ -21,7 +21,8 @@ def test_the_headless_demo_keeps_and_discards_and_the_frontier_agrees_with_the_l
                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert events[-1]["event"] == "finished" and events[-1]["experiments"] == 8
+    # 8, and any confirmation or verification still needed to judge them
+    assert events[-1]["event"] == "finished" and events[-1]["experiments"] >= 8
 
     demo = tmp_path / ".autoresearch" / "demo"
     con = duckdb.connect(str(demo / "results.duckdb"), read_only=True)

@@ -316,7 +316,8 @@ def test_a_better_change_to_what_the_frontier_just_changed_replaces_it(tmp_path)
     assert "beats it as it is" in rows["a lot"].decision_reason
     tip = git(sup.ws.root, "rev-parse", "autoresearch/t")
     assert "VALUE = 0.8" in git(sup.ws.root, "show", f"{tip}:train.py")
-    assert git(sup.ws.root, "rev-parse", f"{tip}^") == rows["a little"].commit  # the branch only moved forward
+    assert git(sup.ws.root, "rev-parse", f"{tip}^1") == rows["a little"].commit  # the branch only moved forward
+    assert git(sup.ws.root, "rev-parse", f"{tip}^2") == rows["a lot"].commit  # and the kept commit is in its history
     assert git(sup.ws.root, "rev-parse", f"{tip}^{{tree}}") == git(sup.ws.root, "rev-parse", f"{rows['a lot'].commit}^{{tree}}")
     advances = [e for e in received if isinstance(e, events.FrontierAdvanced)]
     assert advances[-1].commit == tip and advances[-1].experiment_id == rows["a lot"].id
