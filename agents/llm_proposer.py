@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 from .llm import CallInfo, Client, LlmError, Message
 from .orchestrator import Orchestrator
@@ -41,7 +41,8 @@ class LlmProposer:
         self._results = 0
         self._orchestrating = False
         self._history: tuple = ()  # every lane's experiments, from the latest request
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # memories and the orchestrator
+        self._in_flight: set[Future] = set()  # proposals being drafted
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-agents", daemon=True)
         self._thread.start()
@@ -59,7 +60,13 @@ class LlmProposer:
     def propose(self, request: ProposalRequest) -> Proposal:
         """Called on a lane's proposal thread; blocks it (not the loop) until the worker is done."""
         future: Future = asyncio.run_coroutine_threadsafe(self._propose(request), self._loop)
-        return future.result()
+        self._in_flight.add(future)
+        try:
+            return future.result()
+        except CancelledError:
+            raise ProposalError("stopped: the supervisor is shutting down") from None
+        finally:
+            self._in_flight.discard(future)
 
     def observe(self, outcome: Outcome) -> None:
         """A proposal was judged: write its memory, and let the orchestrator look again every
@@ -67,8 +74,13 @@ class LlmProposer:
         self._loop.call_soon_threadsafe(self._start, self._learn(outcome))
 
     def close(self) -> None:
+        """Stop: proposals in flight are abandoned at once (a provider that is down could
+        otherwise hold the shutdown for the whole retry budget); memories being written get
+        a short grace."""
         if not self._thread.is_alive():
             return
+        for future in list(self._in_flight):
+            future.cancel()
         asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result(SHUTDOWN_GRACE_S + 10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -307,3 +307,19 @@ def test_proposals_from_two_lanes_are_drafted_concurrently(tmp_path, keys):
             proposer.close()
     assert len(results) == 2 and server.in_flight_max == 2
     assert wall < 1.6  # two proposals of two 0.4 s calls each, side by side rather than 1.6 s in a row
+
+
+def test_closing_the_proposer_abandons_a_proposal_stuck_on_a_slow_provider(tmp_path, keys):
+    request = _draft(tmp_path)
+    with OpenAIServer(lambda body: Slow(30, SET)) as server:
+        proposer = LlmProposer(Client("openai", "gpt-4.1-mini", base_url=server.base_url), lanes=1)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as pool:
+            drafting = pool.submit(proposer.propose, request)
+            while not server.requests:
+                time.sleep(0.01)
+            started = time.monotonic()
+            proposer.close()
+            with pytest.raises(ProposalError, match="shutting down"):
+                drafting.result(timeout=10)
+        assert time.monotonic() - started < 5
