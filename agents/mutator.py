@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from agents.editing import constant_number
+from agents.hyperparams import constant_number
 from agents.proposer import PastExperiment, Proposal, ProposalError, ProposalRequest
 
 # Not hyperparameters, or a change that measures nothing: the seed only reshuffles noise,

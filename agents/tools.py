@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .editing import EditError, hyperparameters, normalized_change, numbered, replace_snippet, set_hyperparameters
+from .changes import normalized_change
+from .editing import EditError, numbered, replace_snippet
+from .hyperparams import hyperparameters, set_hyperparameters
 from .llm import Tool
 from .proposer import PastExperiment
 

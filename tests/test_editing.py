@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.editing import (
-    EditError, EditResult, Hyper, hyperparameters, normalized_change, numbered, replace_snippet,
-    set_hyperparameters,
-)
+from agents.changes import normalized_change
+from agents.editing import EditError, EditResult, numbered, replace_snippet
+from agents.hyperparams import Hyper, hyperparameters, set_hyperparameters
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = (ROOT / "trainer" / "train.py").read_bytes().decode("utf-8")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import scheduler.supervisor as supervisor_module
+import scheduler.proposing as proposing_module
 from results.records import Decision, Status
 from results.store import Store
 from scheduler import control, events
@@ -55,7 +55,7 @@ def git(repo, *args):
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(supervisor_module, "PROPOSAL_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(proposing_module, "PROPOSAL_RETRY_SECONDS", 0.05)
 
 
 def test_each_child_sees_only_its_gpu_its_worktree_and_no_secret(tmp_path, monkeypatch):
@@ -286,13 +286,13 @@ class FlakyProposer(ScriptedProposer):
         with self._lock:
             if self.failures:
                 self.failures -= 1
-                raise supervisor_module.ProposalError("HTTP 529: overloaded", transient=True)
+                raise proposing_module.ProposalError("HTTP 529: overloaded", transient=True)
         return super().propose(request)
 
 
 def test_a_lane_whose_agent_keeps_failing_waits_and_says_why_but_never_gives_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(supervisor_module, "PROPOSAL_RETRY_SECONDS", 0.01)
-    failures = supervisor_module.PROPOSAL_FAILURES_BEFORE_GIVING_UP * 2
+    monkeypatch.setattr(proposing_module, "PROPOSAL_RETRY_SECONDS", 0.01)
+    failures = proposing_module.PROPOSAL_FAILURES_BEFORE_GIVING_UP * 2
     sup, store, received = engine(tmp_path, FlakyProposer([{"VALUE": 0.9}], failures), gpus=[Gpu(0, None, None, "cpu")],
                                   max_experiments=3)
     assert sup.run() == 0

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import scheduler.supervisor as supervisor_module
+import scheduler.proposing as proposing_module
 from results.records import Decision, DecisionSource, Status
 from results.store import Store
 from scheduler import control, events
@@ -38,7 +38,7 @@ _OPEN_STORES = []
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(supervisor_module, "PROPOSAL_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(proposing_module, "PROPOSAL_RETRY_SECONDS", 0.05)
 
 
 @pytest.fixture(autouse=True)
