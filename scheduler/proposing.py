@@ -36,6 +36,9 @@ class Proposing:
         if new is None:
             self._save(replace(exp, status=Status.REJECTED, finished_at=utcnow(),
                                error=f"conflicts with the new frontier {frontier[:8]}; drafted again"))
+            change = exp.extra.get("change")
+            if change and self.changes.get(change) == exp.id:
+                del self.changes[change]  # it never ran: proposing it again on the new frontier is fair
             return None
         self.ws.keep_commit(exp.id, new)
         return replace(exp, commit=new, parent_commit=frontier,

@@ -147,7 +147,7 @@ class Supervisor(Judging, Commands, Proposing):
         for exp in past:
             self.experiments[exp.id] = exp
             self._remember(exp)
-            if exp.kind == "proposal" and exp.extra.get("change"):
+            if exp.kind == "proposal" and exp.extra.get("change") and exp.status is not Status.REJECTED:
                 self.changes.setdefault(exp.extra["change"], exp.id)
             if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
                 again = self._new_experiment(exp.kind, exp.commit, exp.parent_commit, exp.description,

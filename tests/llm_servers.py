@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,8 +171,8 @@ class RecordedRequest:
 # --------------------------------------------------------------------------- server base
 
 
-class _FakeLLMServer:
-    """Shared machinery; subclasses render the provider's wire format."""
+class _FakeLLMServer(ABC):
+    """Shared machinery; each subclass renders its provider's wire format."""
 
     endpoint = ""  # the one POST path served
     base_path = ""  # appended to http://127.0.0.1:PORT to form base_url
@@ -300,11 +301,13 @@ class _FakeLLMServer:
 
     # -- wire format, per provider
 
+    @abstractmethod
     def _success_body(self, reply: Text | ToolCalls, model: str, usage: Usage) -> dict:
-        raise NotImplementedError
+        """The JSON body of a successful reply."""
 
+    @abstractmethod
     def _error_body(self, error: HttpError) -> dict:
-        raise NotImplementedError
+        """The JSON body of an error, in the provider's own error format."""
 
     request_id_header = "x-request-id"
 
