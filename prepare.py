@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 class Profile:
     name: str
     max_seq_len: int  # tokens per row, the model's context
-    time_budget: int  # seconds of training, compilation excluded
+    time_budget: float  # seconds of training, compilation excluded
     vocab_size: int  # including special tokens
     eval_tokens: int  # validation tokens evaluate_bpb reads, always the same ones
     val_shard: int  # index of the pinned validation shard
@@ -104,16 +104,17 @@ def get_profile(name: str | None = None, device_type: str | None = None) -> Prof
     return PROFILES[name]
 
 
-def time_budget(profile: Profile) -> int:
-    """The training budget in seconds; the supervisor may set $AUTORESEARCH_TIME_BUDGET."""
+def time_budget(profile: Profile) -> float:
+    """The training budget in seconds; the supervisor may set $AUTORESEARCH_TIME_BUDGET (a
+    fraction of a second is a budget too: `--budget 0.5` trains half a second)."""
     raw = os.environ.get("AUTORESEARCH_TIME_BUDGET")
     if not raw:
-        return profile.time_budget
+        return float(profile.time_budget)
     try:
-        value = int(float(raw))
+        value = float(raw)
     except ValueError:
-        value = 0
-    if value <= 0:
+        value = 0.0
+    if not math.isfinite(value) or value <= 0:
         raise fail(f"AUTORESEARCH_TIME_BUDGET must be a positive number of seconds, not {raw!r}.")
     return value
 

@@ -32,7 +32,7 @@ class LlmProposer:
         self.name = client.name
         self.lanes = lanes
         self.orchestrator = Orchestrator(orchestrator_client or client, lanes)
-        self.orchestrate_every = orchestrate_every or max(2, lanes)
+        self._orchestrate_every = orchestrate_every  # None: follow the number of lanes
         self.max_turns = max_turns
         self.context: ProposerContext | None = None
         # change key -> where: every change this proposer submitted. Kept after its result, as a
@@ -46,6 +46,12 @@ class LlmProposer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-agents", daemon=True)
         self._thread.start()
+
+    @property
+    def orchestrate_every(self) -> int:
+        """Results between two orchestrator calls: by default one per lane (at least two), so
+        the cadence per result is the same on 1 GPU as on 8; `attach` gives the real count."""
+        return self._orchestrate_every or max(2, self.lanes)
 
     # -- the engine's side ------------------------------------------------------------------------
 

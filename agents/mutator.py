@@ -43,7 +43,6 @@ TOTAL_BATCH, DEVICE_BATCH = "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"
 
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _CONTEXT = re.compile(r"SEQ(UENCE)?_LEN(GTH)?$")
-_DESCRIBED = re.compile(r"^([A-Z][A-Z0-9_]*) (\S+) -> (\S+)")
 
 # (name, direction) -> why the change might lower val_bpb; direction +1 raises the value.
 HYPOTHESES = {
@@ -349,18 +348,16 @@ def apply(source: str, change: Change) -> str:
 
 
 def kept_directions(history: Iterable[PastExperiment]) -> Counter:
-    """(name, direction) -> how many kept experiments moved that constant that way, read from
-    the mutator's own descriptions ("NAME old -> new (...)")."""
+    """(name, direction) -> how many kept experiments moved that constant that way, from the
+    notes the mutator recorded with its own proposals (the constant, its old and new text)."""
     kept: Counter = Counter()
     for past in history:
-        if past.decision != "keep" or not past.change or "=" not in past.change:
+        name, old, new = (past.notes.get(k) for k in ("name", "old", "new"))
+        if past.decision != "keep" or not isinstance(name, str) or old is None or new is None:
             continue
-        match = _DESCRIBED.match(past.description)
-        if not match or match.group(1) != past.change.split("=", 1)[0]:
-            continue
-        old, new = (_parse_number(match.group(i).split("/")[0]) for i in (2, 3))
+        old, new = (_parse_number(str(text).split("/")[0]) for text in (old, new))
         if old is not None and new is not None and old != new:
-            kept[(match.group(1), 1 if new > old else -1)] += 1
+            kept[(name, 1 if new > old else -1)] += 1
     return kept
 
 

@@ -43,8 +43,6 @@ class Orchestrator:
         self.client = client
         self.lanes = lanes
         self.directions = {lane: DIRECTIONS[lane % len(DIRECTIONS)] for lane in range(lanes)}
-        self.rationale = ""
-        self.rounds = 0
 
     def direction(self, lane: int) -> str:
         return self.directions.get(lane, DIRECTIONS[lane % len(DIRECTIONS)])
@@ -73,6 +71,6 @@ class Orchestrator:
             log.warning("the orchestrator's reply assigned no direction; directions stay")
             return False
         self.directions.update(new)
-        self.rationale = " ".join(str(call.arguments.get("rationale", "")).split())[:500]
-        self.rounds += 1
+        rationale = " ".join(str(call.arguments.get("rationale", "")).split())[:500]
+        log.info("the orchestrator gave %d lane(s) a new direction%s", len(new), f": {rationale}" if rationale else "")
         return True

@@ -33,6 +33,7 @@ class PastExperiment:
     val_bpb: float | None
     status: str  # ok, crash, oom, ...
     decision: str | None  # keep, discard, or None while undecided
+    notes: dict = field(default_factory=dict)  # what its proposer recorded with it (Proposal.extra)
 
 
 @dataclass(frozen=True)

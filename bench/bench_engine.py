@@ -50,6 +50,7 @@ from scheduler import control, events  # noqa: E402
 from scheduler.config import Config, Target  # noqa: E402
 from scheduler.gpus import Gpu  # noqa: E402
 from scheduler.headless import JsonLinesPrinter, describe  # noqa: E402
+from scheduler.inbox import GpuSampleTaken  # noqa: E402
 from scheduler.supervisor import Supervisor  # noqa: E402
 from scheduler.workspace import Workspace  # noqa: E402
 
@@ -373,7 +374,7 @@ def bench_pipelining(tmp: Path, T: float, L: float, N: int) -> dict:
     return {"code": code, "wall": wall, "lanes": figures, "recorder": recorder, "statuses": statuses, "kinds": kinds,
             "gap_parts": parts, "gap_total": total_gap, "gap_count": sum(max(0, len(r) - 1) for r in by_lane.values()),
             "notice": notice, "startup": startup,
-            "rebased": sum(1 for e in rows if "drafted_on" in e.extra),
+            "rebased": sum(1 for e in rows if e.drafted_on is not None),
             "rejected": sum(1 for e in rows if e.status.value == "rejected"),
             "exit_reason": sup.exit_reason}
 
@@ -482,7 +483,7 @@ class Injector:
         next_tick = time.monotonic()
         while not self.stop.is_set():
             for gpu in self.gpus:
-                self.sup.inbox.put(("sample", GpuSample(
+                self.sup.inbox.put(GpuSampleTaken(GpuSample(
                     t=utcnow(), gpu_index=gpu.index, gpu_uuid=gpu.uuid, util_pct=98.0, mem_used_mb=45012.5,
                     mem_total_mb=81559.0, temp_c=64.0, power_w=652.3, sm_clock_mhz=1980.0, throttle_reasons=None)))
                 self.sent += 1

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 from .memory_index import terms
-from .records import Decision, DecisionSource, Experiment, LeaderboardRow, Memory, Status, SUMMARY_COLUMNS
+from .metric import Direction, Metric, delta, starting_points
+from .records import Decision, DecisionSource, Experiment, Kind, LeaderboardRow, Memory, Status, SUMMARY_COLUMNS
 
 _EXPERIMENT_FIELDS = [
     "id", "run_id", "lane", "kind", "gpu_index", "gpu_uuid", "gpu_name", "worktree", "branch",
     "parent_commit", "commit", "description", "hypothesis", "agent", "status", "decision",
     "decision_source", "decision_reason", *SUMMARY_COLUMNS, "extra", "started_at", "finished_at",
-    "log_path", "exit_code", "error",
+    "log_path", "exit_code", "error", "change", "rerun_of", "confirms", "verifies", "reference_for",
+    "drafted_on", "touched", "notes",
 ]
 EXPERIMENT_COLUMNS = ", ".join(f'"{c}"' for c in _EXPERIMENT_FIELDS)
 
@@ -21,14 +23,17 @@ def experiment_from_row(row) -> Experiment:
     summary = {k: values.pop(k) for k in SUMMARY_COLUMNS if values.get(k) is not None}
     for k in SUMMARY_COLUMNS:
         values.pop(k, None)
-    extra = values.pop("extra")
+    extra, notes = values.pop("extra"), values.pop("notes")
     return Experiment(
-        **{k: v for k, v in values.items() if k not in ("status", "decision", "decision_source")},
+        **{k: v for k, v in values.items() if k not in ("status", "decision", "decision_source", "kind", "touched")},
+        kind=Kind(values["kind"]),
         status=Status(values["status"]),
         decision=Decision(values["decision"]) if values["decision"] else None,
         decision_source=DecisionSource(values["decision_source"]) if values["decision_source"] else None,
         summary=summary,
         extra=json.loads(extra) if extra else {},
+        touched=tuple(values["touched"] or ()),
+        notes=json.loads(notes) if notes else {},
     )
 
 
@@ -45,35 +50,42 @@ def experiments(con, run_id: str | None = None, tag: str | None = None) -> list[
     return [experiment_from_row(r) for r in con.execute(sql + " ORDER BY id", params).fetchall()]
 
 
-def leaderboard(con, run_id: str | None = None, limit: int | None = None) -> list[LeaderboardRow]:
-    """Finished experiments, best val_bpb first (those without one last). The delta is against
-    the median of the baseline runs on the same GPU model, since a faster card trains further
-    in the same budget and its numbers are not comparable with a slower one's. `limit` keeps
-    the best N rows; None or 0 means every row (as `report --limit 0` does)."""
-    where = "WHERE status NOT IN ('queued', 'running')" + (" AND run_id = $run" if run_id else "")
-    base_where = "WHERE kind = 'baseline' AND status = 'ok' AND val_bpb IS NOT NULL" + (
-        " AND run_id = $run" if run_id else "")
-    sql = f"""
-        WITH base AS (SELECT gpu_name, median(val_bpb) AS bpb FROM experiments {base_where} GROUP BY gpu_name)
-        SELECT e.id, e."commit", e.val_bpb, e.val_bpb - base.bpb, e.status, e.decision, e.lane,
-               e.description, e.peak_vram_mb
-        FROM experiments e LEFT JOIN base ON e.gpu_name IS NOT DISTINCT FROM base.gpu_name
-        {where.replace("status", "e.status").replace("run_id", "e.run_id")}
-        ORDER BY e.val_bpb ASC NULLS LAST, e.id
-        {"LIMIT $limit" if limit else ""}
-    """
-    params = {}
-    if run_id:
-        params["run"] = run_id
-    if limit:
-        params["limit"] = limit
-    rows = con.execute(sql, params).fetchall()
+def leaderboard(con, run_id: str | None = None, limit: int | None = None,
+                metric: Metric | None = None) -> list[LeaderboardRow]:
+    """Finished experiments, best first by the metric (those without a value last). The delta
+    is against the starting point (results/metric.py, the same figure the terminal UI shows);
+    the ranking is done in SQL, so a long log is not read whole. `limit` keeps the best N
+    rows; None or 0 means every row (as `report --limit 0` does)."""
+    metric = metric or metric_of(con, run_id)
+    value_sql, params = metric.sql_value()
+    order = "ASC" if metric.direction is Direction.LOWER else "DESC"
+    where = "WHERE status NOT IN ('queued', 'running')" + (" AND run_id = ?" if run_id else "")
+    sql = (f"SELECT {EXPERIMENT_COLUMNS}, {value_sql} AS _value FROM experiments {where} "
+           f"ORDER BY _value {order} NULLS LAST, id" + (" LIMIT ?" if limit else ""))
+    rows = con.execute(sql, params + ([run_id] if run_id else []) + ([limit] if limit else [])).fetchall()
+    found = [experiment_from_row(r[:-1]) for r in rows]
+    base_sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE kind = 'baseline'"
+    if run_id:  # the starting point is the research line's, whichever session measured it
+        base_sql += " AND branch IN (SELECT branch FROM experiments WHERE run_id = ?)"
+    baselines = [experiment_from_row(r) for r in con.execute(base_sql, [run_id] if run_id else []).fetchall()]
+    starts = starting_points(baselines, metric)
     return [
-        LeaderboardRow(rank=i + 1, experiment_id=r[0], commit=r[1], val_bpb=r[2], delta=r[3],
-                       status=Status(r[4]), decision=Decision(r[5]) if r[5] else None, lane=r[6],
-                       description=r[7], peak_vram_mb=r[8])
-        for i, r in enumerate(rows)
+        LeaderboardRow(rank=i + 1, experiment_id=e.id, commit=e.commit, value=metric.value(e),
+                       delta=delta(e, starts, metric), status=e.status, decision=e.decision, lane=e.lane,
+                       description=e.description, peak_vram_mb=e.summary.get("peak_vram_mb"))
+        for i, e in enumerate(found)
     ]
+
+
+def metric_of(con, run_id: str | None = None) -> Metric:
+    """The metric a session judged by (the latest session's, without a run id)."""
+    sql = "SELECT config FROM runs" + (" WHERE id = ?" if run_id else "") + " ORDER BY started_at DESC LIMIT 1"
+    rows = con.execute(sql, [run_id] if run_id else []).fetchall()
+    config = rows[0][0] if rows else None
+    try:
+        return Metric.from_config(json.loads(config) if isinstance(config, str) else config)
+    except ValueError:
+        return Metric()
 
 
 def recall(con, query: str, k: int = 5, k1: float = 1.2, b: float = 0.75) -> list[Memory]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Where an experiment is, or how it ended."""
 
     QUEUED = "queued"
@@ -27,14 +27,24 @@ class Status(str, enum.Enum):
         return self not in (Status.QUEUED, Status.RUNNING)
 
 
-class Decision(str, enum.Enum):
+class Decision(enum.StrEnum):
     KEEP = "keep"
     DISCARD = "discard"
 
 
-class DecisionSource(str, enum.Enum):
+class DecisionSource(enum.StrEnum):
     AUTO = "auto"
     USER = "user"
+
+
+class Kind(enum.StrEnum):
+    """Why an experiment runs. A str enum: rows and JSON carry the plain word."""
+
+    PROPOSAL = "proposal"  # a change a proposer made
+    BASELINE = "baseline"  # a commit measured as it is: the frontier, or a reference
+    CONFIRM = "confirm"  # a win within noise of the margin, run again
+    VERIFICATION = "verification"  # a winner replayed on a frontier that moved, measured there
+    RERUN = "rerun"  # a person asked for another measurement
 
 
 # The summary keys every run is expected to print; each has its own column. Any other key a
@@ -60,14 +70,18 @@ class Run:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One proposal and what became of it. `id` is assigned by the store."""
+    """One proposal and what became of it. `id` is assigned by the store.
+
+    The engine's links between experiments are fields of their own; `extra` holds only what
+    the trainer printed beyond the known summary keys, so nothing a trainer prints (the code
+    it runs was written by an LLM) can change a link, a kind, a status or a dedup key."""
 
     run_id: str
     lane: int
     description: str
     status: Status = Status.QUEUED
     id: int | None = None
-    kind: str = "proposal"  # proposal | baseline | rerun | verification
+    kind: Kind = Kind.PROPOSAL
     gpu_index: int | None = None
     gpu_uuid: str | None = None
     gpu_name: str | None = None
@@ -81,12 +95,24 @@ class Experiment:
     decision_source: DecisionSource | None = None
     decision_reason: str | None = None
     summary: dict = field(default_factory=dict)  # SUMMARY_COLUMNS values, typed
-    extra: dict = field(default_factory=dict)  # any other summary keys, as printed
+    extra: dict = field(default_factory=dict)  # any other summary keys, as the trainer printed them
+    change: str | None = None  # the change's key: a change with the same key is never run twice
+    rerun_of: int | None = None  # run again: after an interruption, or because a person asked
+    confirms: int | None = None  # the experiment this one re-runs to confirm a close win
+    verifies: int | None = None  # the winner this one measures again on a moved frontier
+    reference_for: int | None = None  # the experiment waiting for this baseline to be judged
+    drafted_on: str | None = None  # the frontier a proposal was first drafted on, when replayed since
+    touched: tuple[str, ...] = ()  # the files the proposal changed
+    notes: dict = field(default_factory=dict)  # the proposer's own record: an LLM's direction, a transcript
     started_at: datetime | None = None
     finished_at: datetime | None = None
     log_path: str | None = None
     exit_code: int | None = None
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.kind) is not Kind:  # "baseline" from a caller or a row becomes Kind.BASELINE
+            object.__setattr__(self, "kind", Kind(self.kind))
 
     @property
     def val_bpb(self) -> float | None:
@@ -173,8 +199,8 @@ class LeaderboardRow:
     rank: int
     experiment_id: int
     commit: str | None
-    val_bpb: float
-    delta: float | None  # against the baseline; negative is better
+    value: float | None  # the metric's (results/metric.py)
+    delta: float | None  # against the starting point, in the metric's own sign
     status: Status
     decision: Decision | None
     lane: int

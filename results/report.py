@@ -8,46 +8,52 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+from .metric import Metric, running_best
 from .records import Decision, Experiment, LeaderboardRow, Status
 
-TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+
+def tsv_header(metric: Metric) -> str:
+    return f"commit\t{metric.name}\tmemory_gb\tstatus\tdescription\n"
+
 
 
 def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def results_tsv(experiments: list[Experiment]) -> str:
+def results_tsv(experiments: list[Experiment], metric: Metric | None = None) -> str:
     """Upstream autoresearch's results.tsv, in the order the experiments ran: short commit,
-    val_bpb to 6 decimals, peak memory in GB to 1 decimal, keep/discard/crash, description.
-    A run that did not finish cleanly is a crash with 0.000000 and 0.0. Experiments that never
-    ran (queued, running, rejected) have no line."""
-    out = [TSV_HEADER]
+    the metric (val_bpb) to 6 decimals, peak memory in GB to 1 decimal, keep/discard/crash,
+    description. A run that did not finish cleanly is a crash with 0.000000 and 0.0.
+    Experiments that never ran (queued, running, rejected) have no line."""
+    metric = metric or Metric()
+    out = [tsv_header(metric)]
     for e in experiments:
         if e.status in (Status.QUEUED, Status.RUNNING, Status.REJECTED):
             continue
-        crashed = e.status is not Status.OK or e.val_bpb is None
-        if crashed:
-            status, bpb, gb = "crash", 0.0, 0.0
+        value = metric.value(e)
+        if e.status is not Status.OK or value is None:
+            status, value, gb = "crash", 0.0, 0.0
         else:
             status = "keep" if e.decision is Decision.KEEP else "discard"
-            bpb, gb = e.val_bpb, (e.summary.get("peak_vram_mb") or 0.0) / 1024
-        out.append(f"{(e.commit or '')[:7]}\t{bpb:.6f}\t{gb:.1f}\t{status}\t{_one_line(e.description)}\n")
+            gb = (e.summary.get("peak_vram_mb") or 0.0) / 1024
+        out.append(f"{(e.commit or '')[:7]}\t{value:.6f}\t{gb:.1f}\t{status}\t{_one_line(e.description)}\n")
     return "".join(out)
 
 
-def leaderboard_table(rows: list[LeaderboardRow], width: int = 100) -> str:
+def leaderboard_table(rows: list[LeaderboardRow], width: int = 100, metric: Metric | None = None) -> str:
     if not rows:
         return "No finished experiments yet.\n"
-    header = f"{'#':>3}  {'id':>5}  {'val_bpb':>8}  {'delta':>9}  {'status':<11}  {'decision':<8}  {'lane':>4}  description"
+    name = (metric or Metric()).name[:10]
+    header = f"{'#':>3}  {'id':>5}  {name:>10}  {'delta':>9}  {'status':<11}  {'decision':<8}  {'lane':>4}  description"
     lines = [header, "-" * min(width, len(header) + 30)]
     fixed = len(header) - len("description")
     for r in rows:
-        bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
+        value = f"{r.value:.6f}" if r.value is not None else "-"
         delta = f"{r.delta:+.6f}" if r.delta is not None else "-"
         decision = r.decision.value if r.decision else "-"
         description = _one_line(r.description)[: max(10, width - fixed)]
-        lines.append(f"{r.rank:>3}  {r.experiment_id:>5}  {bpb:>8}  {delta:>9}  {r.status.value:<11}  "
+        lines.append(f"{r.rank:>3}  {r.experiment_id:>5}  {value:>10}  {delta:>9}  {r.status.value:<11}  "
                      f"{decision:<8}  {r.lane:>4}  {description}")
     return "\n".join(lines) + "\n"
 
@@ -68,7 +74,8 @@ def experiments_json(experiments: list[Experiment]) -> str:
     return json.dumps(records, indent=2, default=_jsonable) + "\n"
 
 
-def progress_plot(experiments: list[Experiment], path: Path, title: str = "autoresearch progress") -> Path:
+def progress_plot(experiments: list[Experiment], path: Path, title: str = "autoresearch progress",
+                  metric: Metric | None = None) -> Path:
     """Every finished experiment as a point in the order it ran, kept ones highlighted, and the
     running best of the kept ones as a step line -- the picture upstream's notebook draws."""
     import matplotlib
@@ -76,33 +83,29 @@ def progress_plot(experiments: list[Experiment], path: Path, title: str = "autor
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [(i, e) for i, e in enumerate(e for e in experiments if e.status.finished and e.status is not Status.REJECTED)]
-    scored = [(i, e) for i, e in done if e.status is Status.OK and e.val_bpb is not None]
-    kept = [(i, e) for i, e in scored if e.decision is Decision.KEEP or e.kind == "baseline"]
-    others = [(i, e) for i, e in scored if (i, e) not in kept]
+    metric = metric or Metric()
+    done = [e for e in experiments if e.status.finished and e.status is not Status.REJECTED]
+    best = running_best(done, metric)
+    scored = [(i, e, v) for i, e in enumerate(done) if e.status is Status.OK for v in [metric.value(e)] if v is not None]
+    kept = [(i, v) for i, e, v in scored if e.decision is Decision.KEEP]
+    others = [(i, v) for i, e, v in scored if e.decision is not Decision.KEEP]
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=120)
     if others:
-        ax.scatter([i for i, _ in others], [e.val_bpb for _, e in others], s=14, color="#b0b0b0",
+        ax.scatter([i for i, _ in others], [v for _, v in others], s=14, color="#b0b0b0",
                    label="discarded", zorder=2)
     if kept:
-        xs, ys = [i for i, _ in kept], [e.val_bpb for _, e in kept]
-        ax.scatter(xs, ys, s=40, color="#2ca02c", edgecolor="black", linewidth=0.5, label="kept", zorder=3)
-        best, steps_x, steps_y = float("inf"), [], []
-        for x, y in zip(xs, ys):
-            best = min(best, y)
-            steps_x.append(x)
-            steps_y.append(best)
-        if done:
-            steps_x.append(done[-1][0])
-            steps_y.append(best)
-        ax.step(steps_x, steps_y, where="post", color="#2ca02c", linewidth=1.5, label="running best", zorder=1)
+        ax.scatter([i for i, _ in kept], [v for _, v in kept], s=40, color="#2ca02c", edgecolor="black",
+                   linewidth=0.5, label="kept", zorder=3)
+        steps = [(i, b) for i, b in enumerate(best) if b is not None]
+        ax.step([i for i, _ in steps], [b for _, b in steps], where="post", color="#2ca02c", linewidth=1.5,
+                label="running best", zorder=1)
     crashes = len(done) - len(scored)
     ax.set_xlabel("experiment (in the order run)")
-    ax.set_ylabel("val_bpb (lower is better)")
+    ax.set_ylabel(metric.label)
     ax.set_title(f"{title}: {len(done)} experiments, {len(kept)} kept, {crashes} crashed")
     ax.grid(alpha=0.3)
     if scored:
-        ax.legend(loc="upper right")
+        ax.legend(loc="upper right" if metric.direction.value == "lower" else "lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

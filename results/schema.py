@@ -6,6 +6,7 @@ Migrations only ever run when a file is opened for writing, never while a run is
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from .memory_index import index_terms
@@ -85,7 +86,50 @@ def _v2(con) -> None:
     _v2_backfill(con)
 
 
-MIGRATIONS: list[Callable] = [_script(_V1), _v2]
+# v3: the engine's links between experiments get columns of their own. Until v2 they were keys
+# of `extra`, mixed with what the trainer printed (and overwritten by it); they move out, as do
+# the proposer's own notes on proposals, so that `extra` is only the trainer's.
+_V3_COLUMNS = (('"change"', "VARCHAR"), ("rerun_of", "INTEGER"), ("confirms", "INTEGER"), ("verifies", "INTEGER"),
+               ("reference_for", "INTEGER"), ("drafted_on", "VARCHAR"), ("touched", "VARCHAR[]"), ("notes", "JSON"))
+_V3_LINKS = ("change", "rerun_of", "confirms", "verifies", "reference_for", "drafted_on", "touched")
+_V3_NOTES = ("transcript", "direction", "file", "name", "old", "new")  # what v2's proposers added
+
+
+def _v3(con) -> None:
+    # An index on a table blocks ALTER in some DuckDB releases: drop it around the change.
+    con.execute("DROP INDEX IF EXISTS experiments_by_run")
+    for column, sql_type in _V3_COLUMNS:
+        con.execute(f"ALTER TABLE experiments ADD COLUMN {column} {sql_type}")
+    rows = con.execute("SELECT id, kind, extra FROM experiments WHERE extra IS NOT NULL").fetchall()
+    for experiment_id, kind, raw in rows:
+        extra = json.loads(raw) if raw else {}
+        if not isinstance(extra, dict):
+            continue
+        links = {k: extra.pop(k) for k in _V3_LINKS if k in extra}
+        notes = {k: extra.pop(k) for k in _V3_NOTES if k in extra} if kind == "proposal" else {}
+        touched = links.get("touched")
+        con.execute(
+            'UPDATE experiments SET "change" = ?, rerun_of = ?, confirms = ?, verifies = ?, reference_for = ?, '
+            "drafted_on = ?, touched = ?, notes = ?, extra = ? WHERE id = ?",
+            [_text(links.get("change")), _whole(links.get("rerun_of")), _whole(links.get("confirms")),
+             _whole(links.get("verifies")), _whole(links.get("reference_for")), _text(links.get("drafted_on")),
+             [str(p) for p in touched] if isinstance(touched, list) else None,
+             json.dumps(notes) if notes else None, json.dumps(extra) if extra else None, experiment_id])
+    con.execute("CREATE INDEX experiments_by_run ON experiments (run_id)")
+
+
+def _whole(value) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None  # a trainer's text where a link was: v2 let it overwrite the link
+
+
+def _text(value) -> str | None:
+    return str(value) if value is not None else None
+
+
+MIGRATIONS: list[Callable] = [_script(_V1), _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ["runs", "experiments", "metrics", "telemetry", "llm_calls", "memories", "memory_terms", "events"]
 

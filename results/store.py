@@ -179,13 +179,15 @@ class Store:
                 self._snapshots.request()
 
     def record_decision(self, experiment_id: int, decision: Decision, source: DecisionSource,
-                        reason: str, run_id: str) -> None:
+                        reason: str, run_id: str, by: str = "") -> None:
+        """`by`: who gave a person's decision ("ada via tui"), in its events row like every override."""
         with self._lock:
             self.con.execute(
                 "UPDATE experiments SET decision = ?, decision_source = ?, decision_reason = ? WHERE id = ?",
                 [decision.value, source.value, reason, experiment_id])
+            detail = {"reason": reason, **({"by": by} if by else {})}
             self.add_event(Event(t=utcnow(), run_id=run_id, kind=f"decision:{decision.value}",
-                                 source=source.value, experiment_id=experiment_id, detail={"reason": reason}))
+                                 source=source.value, experiment_id=experiment_id, detail=detail))
             self._snapshots.request()
 
     def interrupt_unfinished(self, run_id: str) -> list[int]:
@@ -212,6 +214,10 @@ class Store:
             "decision_reason": exp.decision_reason,
             **{k: exp.summary.get(k) for k in SUMMARY_COLUMNS},
             "extra": json.dumps(exp.extra) if exp.extra else None,
+            '"change"': exp.change, "rerun_of": exp.rerun_of, "confirms": exp.confirms, "verifies": exp.verifies,
+            "reference_for": exp.reference_for, "drafted_on": exp.drafted_on,
+            "touched": list(exp.touched) if exp.touched else None,
+            "notes": json.dumps(exp.notes) if exp.notes else None,
             "started_at": exp.started_at, "finished_at": exp.finished_at, "log_path": exp.log_path,
             "exit_code": exp.exit_code, "error": exp.error,
         }
@@ -323,9 +329,9 @@ class Store:
             rows = self.con.execute("SELECT tag FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()
             return rows[0][0] if rows else None
 
-    def leaderboard(self, run_id: str | None = None, limit: int | None = None):
+    def leaderboard(self, run_id: str | None = None, limit: int | None = None, metric=None):
         with self._lock:
-            return queries.leaderboard(self.con, run_id, limit)
+            return queries.leaderboard(self.con, run_id, limit, metric)
 
     # -- snapshots for readers in other processes -------------------------------------------
 
@@ -526,6 +532,10 @@ class Reader:
 
     def leaderboard(self, run_id: str | None = None, limit: int | None = None):
         return queries.leaderboard(self.con, run_id, limit)
+
+    def metric(self, run_id: str | None = None):
+        """The metric the (latest, or given) session judged by: results.metric.Metric."""
+        return queries.metric_of(self.con, run_id)
 
     def recall(self, query: str, k: int = 5) -> list[Memory]:
         return queries.recall(self.con, query, k)

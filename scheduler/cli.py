@@ -83,19 +83,20 @@ def report(argv: list[str]) -> int:
         return 2
     try:
         with Reader(args.db) as reader:
+            metric = reader.metric(args.run)
             if args.format == "table":
                 rows = reader.leaderboard(args.run, args.limit or None)
                 note = " (live: from the latest snapshot)" if reader.live else ""
-                sys.stdout.write(f"{args.db}{note}\n" + fmt.leaderboard_table(rows))
+                sys.stdout.write(f"{args.db}{note}: {metric.label}\n" + fmt.leaderboard_table(rows, metric=metric))
             elif args.format == "tsv":
-                sys.stdout.write(fmt.results_tsv(reader.experiments(args.run)))
+                sys.stdout.write(fmt.results_tsv(reader.experiments(args.run), metric))
             else:
                 sys.stdout.write(fmt.experiments_json(reader.experiments(args.run)))
             if args.parquet is not None:
                 written = reader.export_parquet(args.parquet)
                 print(f"wrote {len(written)} tables to {args.parquet}", file=sys.stderr)
             if args.plot is not None:
-                fmt.progress_plot(reader.experiments(args.run), args.plot)
+                fmt.progress_plot(reader.experiments(args.run), args.plot, metric=metric)
                 print(f"wrote {args.plot}", file=sys.stderr)
     except StoreError as e:
         print(f"autoresearch-tui report: {e}", file=sys.stderr)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         return report(argv[1:])
-    from .run import supervise  # the engine's imports are heavier than report's
+    from .startup import supervise  # the engine's imports are heavier than report's
 
     return supervise(build_parser().parse_args(argv))
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
 
+from results.metric import Direction, Metric
+
 
 class ConfigError(Exception):
     """A bad flag, file or value; one sentence for the user (exit code 2)."""
@@ -35,11 +37,7 @@ class Target:
     editable: tuple[str, ...] = ("trainer/train.py",)
     command: str = "python -m trainer.train"
     metric: str = "val_bpb"
-    direction: str = "lower"
-
-    def score(self, value: float) -> float:
-        """Lower is better, whatever the metric."""
-        return value if self.direction == "lower" else -value
+    direction: str = "lower"  # lower | higher
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,10 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.db if self.db is not None else self.repo / ".autoresearch" / "results.duckdb"
+
+    @property
+    def metric(self) -> Metric:
+        return Metric(self.target.metric, Direction(self.target.direction))
 
     @property
     def run_budget(self) -> float:
@@ -143,6 +145,11 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"noise_floor must be a number of at least 0, not {config.noise_floor!r}.")
     if config.target.direction not in ("lower", "higher"):
         raise ConfigError(f"target.direction must be lower or higher, not {config.target.direction!r}.")
+    try:
+        Metric(config.target.metric)
+    except ValueError:
+        raise ConfigError(f"target.metric must be a key the trainer prints in its summary, "
+                          f"not {config.target.metric!r}.") from None
     if not config.target.command.strip():
         raise ConfigError("target.command is empty.")
     for path in config.target.editable:

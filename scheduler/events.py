@@ -12,16 +12,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from results.records import Experiment, GpuSample
+from results.records import DecisionSource, Experiment, GpuSample
 
+from .noise import Ruling
 from .runparse import Progress
+from .state import LaneState
+
+
+class Level(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
 class LaneChanged:
     lane: int
-    state: str  # idle | baseline | proposing | review | training | paused | lost | done
+    state: LaneState
     detail: str = ""
+    paused: bool = False  # a person paused it (a lane still training says so here, not in its state)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", LaneState(self.state))  # "training" from a caller: the enum
 
 
 @dataclass(frozen=True)
@@ -53,11 +65,15 @@ class RunFinished:
 @dataclass(frozen=True)
 class Decided:
     experiment_id: int
-    decision: str  # keep | discard | confirm
-    source: str  # auto | user
+    decision: Ruling  # keep | discard | confirm (run it again first)
+    source: DecisionSource
     reason: str
     delta: float | None = None
     margin: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decision", Ruling(self.decision))
+        object.__setattr__(self, "source", DecisionSource(self.source))
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,7 @@ class FrontierAdvanced:
     commit: str
     previous: str
     experiment_id: int | None
-    score: float | None = None
+    value: float | None = None  # the new frontier's measured metric, when a keep moved it
 
 
 @dataclass(frozen=True)
@@ -78,9 +94,12 @@ class GpuSampled:
 class Notice:
     """Something a person should read: a warning, an error of ours, a lost GPU."""
 
-    level: str  # info | warning | error
+    level: Level
     message: str
     lane: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level", Level(self.level))  # "error" from a caller becomes Level.ERROR
 
 
 @dataclass(frozen=True)

@@ -172,10 +172,6 @@ class RunHandle:
         self._thread = threading.Thread(target=self._watch, name=f"run-{spec.experiment_id}", daemon=True)
         self._thread.start()
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def stop(self, status: Status = Status.KILLED) -> None:
         """Stop the run, recording why (killed, timeout, hung). SIGTERM to the whole group, then
         SIGKILL after the grace period; the watcher thread does the waiting."""

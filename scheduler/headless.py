@@ -10,6 +10,8 @@ import signal
 import sys
 import threading
 
+from results.metric import Metric
+
 from . import control, events
 
 log = logging.getLogger("autoresearch.headless")
@@ -19,8 +21,9 @@ class JsonLinesPrinter:
     """Writes each event as one JSON object per line. `json_out=None` leaves stdout alone and
     only logs (the plain terminal mode, until a TUI is available)."""
 
-    def __init__(self, json_out=sys.stdout):
+    def __init__(self, json_out=sys.stdout, metric: Metric | None = None):
         self.out = json_out
+        self.metric = metric or Metric()
         self._lock = threading.Lock()
 
     def __call__(self, event) -> None:
@@ -32,26 +35,27 @@ class JsonLinesPrinter:
                     self.out.flush()
                 except BrokenPipeError:
                     self.out = None  # `| head` closed the pipe; keep researching, stop printing
-        human = describe(event)
+        human = describe(event, self.metric)
         if human:
             log.info(human)
 
 
-def describe(event) -> str | None:
+def describe(event, metric: Metric | None = None) -> str | None:
     """One line for a person, or None for the high-rate events."""
     match event:
         case events.RunStarted(lane=lane, experiment=e):
-            return f"lane {lane}: #{e.id} {e.kind} started: {e.description}"
+            return f"lane {lane}: #{e.id} {e.kind.value} started: {e.description}"
         case events.RunFinished(lane=lane, experiment=e):
-            value = e.summary.get("val_bpb")
-            result = f"val_bpb {value:.6f}" if value is not None else (e.error or e.status.value)
+            metric = metric or Metric()
+            value = metric.value(e)
+            result = f"{metric.name} {value:.6f}" if value is not None else (e.error or e.status.value)
             return f"lane {lane}: #{e.id} {e.status.value}: {result}"
         case events.Decided(experiment_id=n, decision=d, source=s, reason=r):
-            return f"#{n} {d.upper()} ({s}): {r}"
+            return f"#{n} {d.value.upper()} ({s.value}): {r}"
         case events.FrontierAdvanced(commit=c, previous=p, experiment_id=n):
             return f"frontier {p[:8]} -> {c[:8]}" + (f" (#{n})" if n is not None else "")
         case events.Notice(level=level, message=m):
-            return m if level == "info" else f"{level}: {m}"
+            return m if level is events.Level.INFO else f"{level.value}: {m}"
         case events.ProposalReady(lane=lane, experiment=e):
             return f"lane {lane}: proposal #{e.id} ready: {e.description}"
         case events.Finished(reason=r, experiments=n, frontier=f):

@@ -69,7 +69,6 @@ class RunParser:
         self.summary: dict[str, str] = {}
         self.failed = False  # the trainer printed FAIL
         self.oom = False
-        self.last_progress: Progress | None = None
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
     def feed(self, text: str) -> list[Progress]:
@@ -107,10 +106,7 @@ class RunParser:
         if stripped == "FAIL":
             self.failed = True
             return None
-        point = parse_progress(stripped)
-        if point is not None:
-            self.last_progress = point
-        return point
+        return parse_progress(stripped)
 
     def error_excerpt(self, lines: int = 3) -> str:
         """The last few lines, for the `error` column: usually the exception's last line."""

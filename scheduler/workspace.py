@@ -116,10 +116,6 @@ class Workspace:
     def keep_commit(self, experiment_id: int, sha: str) -> None:
         self._git("update-ref", f"refs/autoresearch/{self.tag}/{experiment_id}", sha)
 
-    def subject(self, sha: str) -> str:
-        with self._lock:
-            return self.repo.commit(sha).summary
-
     def is_ancestor(self, older: str, newer: str) -> bool:
         with self._lock:
             return self.repo.is_ancestor(older, newer)
@@ -170,10 +166,6 @@ class Workspace:
 
     def touched(self, parent: str, sha: str) -> list[str]:
         return [p for p in self._git("diff", "--name-only", "--no-renames", parent, sha).splitlines() if p]
-
-    def forbidden(self, parent: str, sha: str) -> list[str]:
-        """Files a commit changes that are not the target's editable files."""
-        return [p for p in self.touched(parent, sha) if p not in self.editable]
 
     def replay(self, path: Path | None, sha: str, onto: str, *, worktree_at: str | None = None) -> str | None:
         """Put the change of commit `sha` on top of `onto` and check the result out in the

@@ -86,15 +86,15 @@ def _headless_run(tmp_path, monkeypatch, server_class, agent):
 def test_a_headless_run_commits_the_agents_edits_and_accounts_for_every_call(tmp_path, monkeypatch, server_class,
                                                                             agent, key):
     repo, db, server, out, err = _headless_run(tmp_path, monkeypatch, server_class, agent)
-    proposals = rows(db, "SELECT id, \"commit\", status, decision, agent, extra FROM experiments "
+    proposals = rows(db, "SELECT id, \"commit\", status, decision, agent, notes FROM experiments "
                          "WHERE kind = 'proposal' ORDER BY id")
     assert len(proposals) >= 3
-    for exp_id, commit, status, decision, who, extra in proposals:
+    for exp_id, commit, status, decision, who, notes in proposals:
         assert who == agent
         source = git(repo, "show", f"{commit}:train.py")
         value = float(next(line for line in source.splitlines() if line.startswith("VALUE = ")).split()[2])
         assert value < 1.0  # the agent's edit is in the experiment's commit
-        transcript = Path(json.loads(extra)["transcript"])
+        transcript = Path(json.loads(notes)["transcript"])
         turns = [json.loads(line) for line in transcript.read_text().splitlines()]
         assert [t["role"] for t in turns][:2] == ["system", "user"] and any(t.get("tool") == "submit" for t in turns)
     assert any(p[3] == "keep" for p in proposals)
@@ -323,3 +323,16 @@ def test_closing_the_proposer_abandons_a_proposal_stuck_on_a_slow_provider(tmp_p
             with pytest.raises(ProposalError, match="shutting down"):
                 drafting.result(timeout=10)
         assert time.monotonic() - started < 5
+
+
+def test_the_orchestrators_cadence_follows_the_number_of_lanes_the_engine_attaches(tmp_path, keys):
+    from agents.proposer import ProposerContext
+
+    proposer = LlmProposer(Client("openai", "gpt-4.1-mini", base_url="http://127.0.0.1:9/v1"))
+    try:
+        assert proposer.orchestrate_every == 2  # before the engine says: one lane
+        proposer.attach(ProposerContext(run_id="r", lanes=8, transcripts=tmp_path, recall=lambda q, k: [],
+                                        remember=lambda *a: None, report_call=lambda call: None))
+        assert proposer.orchestrate_every == 8 and proposer.orchestrator.lanes == 8
+    finally:
+        proposer.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import scheduler.proposing as proposing_module
+import scheduler.drafting as drafting_module
 from results.records import Decision, Status
 from results.store import Store
 from scheduler import control, events
@@ -28,12 +28,19 @@ def close_stores():
         _OPEN_STORES.pop().close()
 
 
-def engine(tmp_path, proposer, *, gpus=None, sink=None, **settings):
+def engine(tmp_path, proposer, *, gpus=None, sink=None, trainer_tail="", **settings):
+    """`trainer_tail`: lines the fake train.py runs after its summary (committed before the
+    research starts)."""
     repo = make_repo(tmp_path / "repo")
+    if trainer_tail:
+        with (repo / "train.py").open("a") as f:
+            f.write(trainer_tail)
+        git(repo, "commit", "-qam", "the trainer prints more", "--author", "t <t@t>")
     # Generous limits by default, so a loaded machine never turns an ok run into a hung one;
     # the test of every outcome tightens them.
-    settings = {"budget": 1.0, "hung_seconds": 20.0, "timeout_seconds": 40.0, "kill_grace_seconds": 1.0, **settings}
-    config = Config(repo=repo, tag="t", target=UPSTREAM_TARGET, **settings)
+    settings = {"budget": 1.0, "hung_seconds": 20.0, "timeout_seconds": 40.0, "kill_grace_seconds": 1.0,
+                "target": UPSTREAM_TARGET, **settings}
+    config = Config(repo=repo, tag="t", **settings)
     store = Store(tmp_path / "log.duckdb")
     _OPEN_STORES.append(store)
     gpus = gpus or [Gpu(0, None, None, "cpu"), Gpu(1, None, None, "cpu")]
@@ -55,7 +62,7 @@ def git(repo, *args):
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(proposing_module, "PROPOSAL_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(drafting_module, "PROPOSAL_RETRY_SECONDS", 0.05)
 
 
 def test_each_child_sees_only_its_gpu_its_worktree_and_no_secret(tmp_path, monkeypatch):
@@ -151,7 +158,7 @@ def test_the_baselines_measure_noise_and_a_win_inside_it_is_confirmed_before_pro
     assert sorted(e.val_bpb for e in rows if e.kind == "baseline") == [1.0, 1.02]
     win = next(e for e in rows if e.description == "close win")
     confirm = next(e for e in rows if e.kind == "confirm")
-    assert confirm.extra["confirms"] == win.id and confirm.commit == win.commit
+    assert confirm.confirms == win.id and confirm.commit == win.commit
     confirm_event = next(ev for ev in received if isinstance(ev, events.Decided) and ev.decision == "confirm")
     assert confirm_event.experiment_id == win.id and confirm_event.margin == pytest.approx(0.0283, abs=1e-4)
     assert win.decision is Decision.KEEP and "over 2 runs" in win.decision_reason
@@ -286,13 +293,13 @@ class FlakyProposer(ScriptedProposer):
         with self._lock:
             if self.failures:
                 self.failures -= 1
-                raise proposing_module.ProposalError("HTTP 529: overloaded", transient=True)
+                raise drafting_module.ProposalError("HTTP 529: overloaded", transient=True)
         return super().propose(request)
 
 
 def test_a_lane_whose_agent_keeps_failing_waits_and_says_why_but_never_gives_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(proposing_module, "PROPOSAL_RETRY_SECONDS", 0.01)
-    failures = proposing_module.PROPOSAL_FAILURES_BEFORE_GIVING_UP * 2
+    monkeypatch.setattr(drafting_module, "PROPOSAL_RETRY_SECONDS", 0.01)
+    failures = drafting_module.PROPOSAL_FAILURES_BEFORE_GIVING_UP * 2
     sup, store, received = engine(tmp_path, FlakyProposer([{"VALUE": 0.9}], failures), gpus=[Gpu(0, None, None, "cpu")],
                                   max_experiments=3)
     assert sup.run() == 0

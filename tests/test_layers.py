@@ -20,7 +20,7 @@ ALLOWED = {
 THIRD_PARTY_OWNERS = {"textual": "tui", "duckdb": "results"}
 # The composition root: the entry point starts the TUI when asked for one, with a lazy import
 # inside supervise(); --no-ui never reaches it (tests/test_supervisor_cli.py proves it).
-COMPOSITION_ROOT = (ROOT / "scheduler" / "run.py", "tui")
+COMPOSITION_ROOT = (ROOT / "scheduler" / "startup.py", "tui")
 
 
 def project_imports(path):

@@ -211,7 +211,8 @@ def test_the_first_editable_file_with_hyperparameters_is_edited(tmp_path):
 
 
 def test_the_same_seed_and_request_give_the_same_proposal(tmp_path):
-    history = (PastExperiment("MATRIX_LR 0.03 -> 0.04 (x1.4)", "MATRIX_LR=0.04", 1.0, "ok", "keep"),)
+    history = (PastExperiment("MATRIX_LR 0.03 -> 0.04 (x1.4)", "MATRIX_LR=0.04", 1.0, "ok", "keep",
+                              {"name": "MATRIX_LR", "old": "0.03", "new": "0.04"}),)
     results = []
     for copy in ("one", "two"):
         worktree = trainer_copy(tmp_path, copy)
@@ -226,7 +227,8 @@ def test_the_same_seed_and_request_give_the_same_proposal(tmp_path):
 
 
 def test_kept_directions_are_favoured(tmp_path):
-    history = (PastExperiment("MATRIX_LR 0.03 -> 0.04 (x1.4)", "MATRIX_LR=0.04", 0.99, "ok", "keep"),)
+    history = (PastExperiment("MATRIX_LR 0.03 -> 0.04 (x1.4)", "MATRIX_LR=0.04", 0.99, "ok", "keep",
+                              {"name": "MATRIX_LR", "old": "0.03", "new": "0.04"}),)
     worktree = upstream_copy(tmp_path)
     ups = 0
     for attempt in range(60):

@@ -81,6 +81,40 @@ def test_a_file_from_an_older_schema_is_upgraded_with_its_data(tmp_path):
         assert store.con.execute("SELECT tag FROM runs").fetchall() == [("t",)]
 
 
+def previous_release_log(folder: Path) -> Path:
+    """tests/data/log-v2: a log the previous release (schema 2) wrote with its own Store, the way
+    its engine filled `extra` (links, the proposer's notes and the trainer's keys in one dict),
+    kept as DuckDB's EXPORT DATABASE output; imported into a fresh file here."""
+    source = Path(__file__).with_name("data") / "log-v2"
+    db = folder / "previous.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute((source / "schema.sql").read_text())
+    con.execute((source / "load.sql").read_text().replace("@DIR@", source.as_posix()))
+    con.close()
+    return db
+
+
+def test_a_log_written_by_the_previous_release_is_migrated_and_keeps_its_links(tmp_path):
+    db = previous_release_log(tmp_path)
+    with Store(db) as store:
+        assert store.upgraded_from == 2
+        rows = {e.id: e for e in store.experiments()}
+        proposal, confirm, verification, rerun, reference, llm = (rows[i] for i in (3, 4, 5, 6, 7, 8))
+        assert (proposal.change, proposal.touched, proposal.drafted_on) == ("MATRIX_LR=0.05", ("train.py",), "c" * 40)
+        assert proposal.notes == {"file": "train.py", "name": "MATRIX_LR", "old": "0.04", "new": "0.05"}
+        assert proposal.extra == {"device_order": "PCI_BUS_ID"}  # only what the trainer printed is left
+        assert (confirm.confirms, confirm.change, confirm.extra) == (3, "MATRIX_LR=0.05", {})
+        assert (verification.verifies, rerun.rerun_of, reference.reference_for) == (3, 3, 5)
+        assert llm.notes == {"transcript": "/logs/transcripts/000008.jsonl", "direction": "architecture"}
+        assert llm.extra == {"attention_backend_note": "sdpa"}
+        assert [e.kind.value for e in rows.values()] == ["baseline", "baseline", "proposal", "confirm",
+                                                        "verification", "rerun", "baseline", "proposal"]
+        assert rows[1].val_bpb == 1.0 and proposal.decision is Decision.KEEP
+    with Store(db) as store:  # opened again: nothing more to do, nothing changed
+        assert store.upgraded_from == SCHEMA_VERSION
+        assert store.experiments()[2].notes["name"] == "MATRIX_LR"
+
+
 def test_a_file_from_a_newer_release_is_refused_and_left_alone(tmp_path):
     db = tmp_path / "new.duckdb"
     Store(db).close()

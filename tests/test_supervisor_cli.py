@@ -101,7 +101,7 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert len(ids) == len(set(ids))
     status = dict(rows(db, "SELECT id, status FROM experiments"))
     assert status[victim] == "interrupted"
-    reruns = rows(db, f"SELECT status FROM experiments WHERE json_extract(extra, '$.rerun_of') = {victim}")
+    reruns = rows(db, f"SELECT status FROM experiments WHERE rerun_of = {victim}")
     assert reruns == [("ok",)]  # run again exactly once
     # the starting point is measured twice in all, however the sessions split the work
     assert rows(db, "SELECT count(*) FROM experiments WHERE kind = 'baseline' AND status = 'ok'") == [(2,)]

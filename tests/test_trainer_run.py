@@ -82,6 +82,14 @@ def test_the_printed_seed_replays_the_run(tiny_cache, finished_run):
     assert parse_run(again.stdout)[1]["seed"] == first["seed"]
 
 
+def test_a_budget_of_half_a_second_trains_half_a_second(tiny_cache):
+    result = run_trainer(ROOT, tiny_cache, budget="0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, summary = parse_run(result.stdout)
+    assert summary["time_budget"] == "0.5"
+    assert 0.5 <= float(summary["training_seconds"]) < 5.0  # not 0 (int("0.5") failed) nor a whole second more
+
+
 def copy_of_repo(tmp_path):
     (tmp_path / "trainer").mkdir()
     shutil.copy(ROOT / "prepare.py", tmp_path / "prepare.py")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import scheduler.proposing as proposing_module
+import scheduler.drafting as drafting_module
 from results.records import Decision, DecisionSource, Status
 from results.store import Store
 from scheduler import control, events
@@ -38,7 +38,7 @@ _OPEN_STORES = []
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(proposing_module, "PROPOSAL_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(drafting_module, "PROPOSAL_RETRY_SECONDS", 0.05)
 
 
 @pytest.fixture(autouse=True)
@@ -226,9 +226,9 @@ def test_r_queues_a_rerun_of_the_selected_experiment(tmp_path):
         await until(pilot, lambda: decided(research, "again", Decision.DISCARD), "the first result")
         exp = await select(pilot, research, "again")
         await pilot.press("r")
-        await until(pilot, lambda: any(e.extra.get("rerun_of") == exp.id for e in research.store.experiments()),
+        await until(pilot, lambda: any(e.rerun_of == exp.id for e in research.store.experiments()),
                     "the rerun in the store")
-        rerun = next(e for e in research.store.experiments() if e.extra.get("rerun_of") == exp.id)
+        rerun = next(e for e in research.store.experiments() if e.rerun_of == exp.id)
         assert rerun.commit == exp.commit and rerun.kind == "rerun"
         assert research.overrides("rerun") == [{"by": BY, "as": rerun.id}]
         # Queued, a run has no event of its own: the table finds it in the store.

@@ -73,7 +73,7 @@ def test_detail_screen_shows_the_diff_of_the_selected_experiment(snap_compare, t
     transcript = tmp_path / "t.jsonl"
     transcript.write_text(json.dumps({"role": "assistant", "content": "Raise the matrix learning rate."}) + "\n")
     exp = replace(experiment(3, 0, "MATRIX_LR 0.04 -> 0.05 (x1.25)", status=Status.OK, value=0.991),
-                  commit=commit, parent_commit=parent, log_path=str(log), extra={"transcript": str(transcript)})
+                  commit=commit, parent_commit=parent, log_path=str(log), notes={"transcript": str(transcript)})
     app = app_with(2, repo=tmp_path / "repo", extra_events=[events.RunFinished(0, exp)])
 
     async def open_details(pilot):

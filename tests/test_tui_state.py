@@ -76,15 +76,16 @@ def test_a_stored_row_never_moves_an_experiment_backwards_but_adds_what_had_no_e
 def test_a_lane_paused_while_it_trains_stays_paused_until_it_is_resumed():
     view = view_of([events.RunStarted(0, experiment(1, 0, "x")), events.LaneChanged(0, "training", "x")])
     view.asked(0, "pausing")
-    view.apply(events.LaneChanged(0, "training", "paused: the running experiment finishes, no new one starts"))
+    view.apply(events.LaneChanged(0, "training", "paused: the running experiment finishes, no new one starts",
+                                  paused=True))
     lane = view.lanes[0]
     assert lane.paused and lane.pending is None
-    view.apply(events.LaneChanged(0, "training", "next proposal"))  # a draft landed meanwhile
+    view.apply(events.LaneChanged(0, "training", "next proposal", paused=True))  # a draft landed meanwhile
     assert lane.paused
     view.asked(0, "resuming")
     view.apply(events.LaneChanged(0, "training", ""))
     assert not lane.paused and lane.pending is None
-    view.apply(events.LaneChanged(0, "paused"))
+    view.apply(events.LaneChanged(0, "paused", paused=True))
     view.apply(events.LaneChanged(0, "proposing"))
     assert not lane.paused  # a paused lane that is not training says "paused"
 

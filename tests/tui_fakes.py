@@ -35,7 +35,7 @@ def lanes(count: int, cpu: bool = False) -> list[LaneInfo]:
 
 
 def link(count: int = 2, *, review: bool = False, repo=None, cpu: bool = False) -> EngineLink:
-    return EngineLink(tag="nov21", lanes=lanes(count, cpu), submit=Recorder(), repo=repo, review=review, budget=300)
+    return EngineLink(tag="nov21", lanes=lanes(count, cpu), submit=Recorder(), repo=repo, review=review)
 
 
 def experiment(eid: int, lane: int, description: str, *, kind: str = "proposal", status: Status = Status.RUNNING,

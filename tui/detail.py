@@ -79,7 +79,7 @@ class DetailScreen(Screen[None]):
 
     def on_mount(self) -> None:
         exp = self.experiment
-        self.query_one("#transcript-body", Static).update(transcript.render(exp.extra if exp else {}))
+        self.query_one("#transcript-body", Static).update(transcript.render(exp.notes if exp else {}))
         self._log = LogFollower(exp.log_path if exp else None)
         self._follow()
         self.set_interval(LOG_POLL_SECONDS, self._follow)
@@ -140,7 +140,7 @@ def _title(view: ResearchView, exp: Experiment) -> Text:
                                                                                Status.QUEUED) else "bold")
     value = view.value(exp)
     if value is not None:
-        text.append(f" · {view.metric} {figures.bpb(value)} ({figures.delta(view.delta(exp))} vs baseline)")
+        text.append(f" · {view.metric.name} {figures.bpb(value)} ({figures.delta(view.delta(exp))} vs baseline)")
     if exp.decision is not None:
         text.append(f" · {exp.decision.value}", style="bold green" if exp.decision.value == "keep" else "bold red")
         if exp.decision_source is not None:
@@ -165,17 +165,21 @@ def summary_table(view: ResearchView, exp: Experiment, live=None) -> Table:
     if exp.decision is not None:
         row("decision", f"{exp.decision.value} ({exp.decision_source.value if exp.decision_source else '?'}): "
                         f"{exp.decision_reason or ''}")
-    row(view.metric, figures.bpb(view.value(exp)) if view.value(exp) is not None else None)
+    row(view.metric.name, figures.bpb(view.value(exp)) if view.value(exp) is not None else None)
     row("Δ baseline", figures.delta(view.delta(exp)) if view.delta(exp) is not None else None)
     if live is not None:
         row("progress", f"step {live.step} · {figures.percent(live.pct, 1)} · loss {live.loss} · "
                         f"{figures.count(live.tok_per_sec)} tok/s · mfu {figures.percent(live.mfu, 1)}")
     for key, value in exp.summary.items():
-        if key != view.metric:
+        if key != view.metric.name:
             row(key, value)
-    for key, value in exp.extra.items():
-        if key not in ("transcript",) and not isinstance(value, (dict, list)):
+    for key, value in exp.extra.items():  # what the trainer printed beyond the known keys
+        if not isinstance(value, (dict, list)):
             row(key, value)
+    for label, other in (("confirms", exp.confirms), ("rerun of", exp.rerun_of), ("verifies", exp.verifies),
+                         ("reference for", exp.reference_for)):
+        row(label, f"#{other}" if other is not None else None)
+    row("direction", exp.notes.get("direction"))
     gpu = exp.gpu_name if exp.gpu_index is None else f"{exp.gpu_index} · {exp.gpu_name}"
     row("device", gpu)
     row("commit", exp.commit)
@@ -187,5 +191,5 @@ def summary_table(view: ResearchView, exp: Experiment, live=None) -> Table:
                         f"({figures.duration((exp.finished_at - exp.started_at).total_seconds())})")
     row("exit code", exp.exit_code)
     row("log", exp.log_path)
-    row("transcript", exp.extra.get("transcript"))
+    row("transcript", exp.notes.get("transcript"))
     return table

@@ -38,7 +38,7 @@ class ExperimentsPanel(Vertical):
                     id="filter")
         table = DataTable(id="table", cursor_type="row", zebra_stripes=True)
         for label, key in COLUMNS:
-            table.add_column(label.format(metric=self.view.metric), key=key)
+            table.add_column(label.format(metric=self.view.metric.name), key=key)
         yield table
 
     def on_mount(self) -> None:
@@ -89,7 +89,7 @@ class ExperimentsPanel(Vertical):
             table.move_cursor(row=len(rows) - 1)
         arrow = "↓" if self.reverse else "↑"
         shown = f"{len(rows)} of {len(self.view.experiments)}" if self.query_text else f"{len(rows)}"
-        sort = dict((k, label) for label, k in COLUMNS)[self.sort_key].format(metric=self.view.metric)
+        sort = dict((k, label) for label, k in COLUMNS)[self.sort_key].format(metric=self.view.metric.name)
         self.border_subtitle = f"{shown} · sorted by {sort} {arrow}" + (
             f" · filter: {self.query_text}" if self.query_text else "")
 
@@ -112,7 +112,7 @@ class ExperimentsPanel(Vertical):
             Text(figures.bpb(view.value(exp)), justify="right", style="bold" if exp.decision and
                  exp.decision.value == "keep" else ""),
             Text(figures.delta(change), justify="right",
-                 style="" if change is None else "green" if change < 0 else "red"),
+                 style="" if change is None else "green" if view.metric.improvement(change) > 0 else "red"),
             decision,
             Text(exp.description, no_wrap=True, overflow="ellipsis"),
         ]

@@ -19,7 +19,7 @@ def bpb(value: float | None) -> str:
 
 
 def delta(value: float | None) -> str:
-    """A change in val_bpb; negative is better, and the sign is always shown."""
+    """A change in the metric, its sign always shown (for val_bpb, negative is better)."""
     if not known(value):
         return MISSING
     return f"{value:+.4f}".replace("-", "−")

@@ -34,13 +34,13 @@ def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
         top.append(f" {label} ", style=style)
         top.append(" ")
     best = view.best()
-    metric = view.metric
+    metric = view.metric.name
     if best is not None:
         top.append(f" best {metric} ", style="dim")
         top.append(figures.bpb(view.value(best)), style="bold green")
         change = view.delta(best)
         if change is not None:
-            top.append(f" {figures.delta(change)}", style="green" if change < 0 else "red")
+            top.append(f" {figures.delta(change)}", style="green" if view.metric.improvement(change) > 0 else "red")
             top.append(" vs baseline", style="dim")
         top.append(f" (#{best.id})", style="dim")
     else:
@@ -66,7 +66,7 @@ def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
     room = width - bottom.cell_len - 8
     if best_y and room >= 8:
         bottom.append("  best ", style="dim")
-        bottom.append(figures.sparkline([-v for v in best_y], min(room, 24)), style="green")
+        bottom.append(figures.sparkline([-view.metric.score(v) for v in best_y], min(room, 24)), style="green")  # up is better
     return Text("\n").join([top, bottom])
 
 

@@ -10,6 +10,8 @@ from textual.containers import Vertical
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from results.metric import Metric
+
 from . import lane_text
 from .messages import LaneSelected
 from .state import Curve, LaneView
@@ -39,7 +41,7 @@ class LossCurve(PlotextPlot):
 
 
 class LanePane(Vertical):
-    def __init__(self, view: LaneView, metric: str = "val_bpb", clock=time.monotonic) -> None:
+    def __init__(self, view: LaneView, metric: Metric = Metric(), clock=time.monotonic) -> None:
         super().__init__(id=f"lane-{view.lane}", classes="lane")
         self.view = view
         self.metric = metric

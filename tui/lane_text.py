@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from results.metric import Metric
+
 from . import figures
 from .state import LaneView
 
@@ -32,7 +34,7 @@ def activity(lane: LaneView) -> Text:
     return text
 
 
-def lines(lane: LaneView, width: int, height: int, metric: str = "val_bpb", bordered: bool = True) -> list[Text]:
+def lines(lane: LaneView, width: int, height: int, metric: Metric = Metric(), bordered: bool = True) -> list[Text]:
     """The pane's lines, the most important kept when there is no room for all: what it runs
     and its progress, its last result, the numbers, the telemetry. A bordered pane shows what
     its agent does in the border; a dense one (three lines or fewer) in its first line."""
@@ -69,7 +71,7 @@ def lines(lane: LaneView, width: int, height: int, metric: str = "val_bpb", bord
     return out
 
 
-def _dense(lane: LaneView, width: int, height: int, metric: str) -> list[Text]:
+def _dense(lane: LaneView, width: int, height: int, metric: Metric) -> list[Text]:
     """Up to three lines, no border: the title, progress and result squeezed together."""
     first = Text(f"{lane.lane + 1} ", style="bold reverse")
     first.append(" ")
@@ -130,16 +132,15 @@ def _numbers(lane: LaneView) -> Text:
     return text
 
 
-def _last(lane: LaneView, metric: str) -> Text:
+def _last(lane: LaneView, metric: Metric) -> Text:
     exp = lane.last
     text = Text()
     if exp is None:
         text.append("no result yet", style="dim")
         return text
     text.append(f"last #{exp.id} ", style="dim")
-    value = exp.summary.get(metric, exp.extra.get(metric))
     if exp.status.value == "ok":
-        text.append(figures.bpb(value if isinstance(value, (int, float)) else None), style="bold")
+        text.append(figures.bpb(metric.value(exp)), style="bold")
     else:
         text.append(exp.status.value, style="bold red")
     if exp.decision is not None:

@@ -1,4 +1,4 @@
-"""Starting the TUI around an engine: `scheduler/run.py` (the composition root) calls
+"""Starting the TUI around an engine: `scheduler/startup.py` (the composition root) calls
 `run_tui` when --no-ui is not given, and gets the supervisor's exit code back."""
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ events themselves; `EngineLink.of` builds the real one from a Supervisor."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from results.metric import Metric
 from scheduler import control
 
 
@@ -30,13 +31,11 @@ class EngineLink:
     repo: Path | None = None  # where `git diff` runs for the detail screen
     store: object | None = None  # results.store.Store: the experiments table is reloaded from it
     review: bool = False
-    metric: str = "val_bpb"
-    budget: float | None = None
+    metric: Metric = field(default_factory=Metric)
 
     @classmethod
     def of(cls, supervisor, config, store) -> "EngineLink":
         lanes = [LaneInfo(lane.index, lane.gpu.index, lane.gpu.name, lane.gpu.memory_total_mb)
                  for lane in supervisor.lanes]
         return cls(tag=config.tag, lanes=lanes, submit=supervisor.submit, run=supervisor.run,
-                   repo=supervisor.ws.root, store=store, review=config.review, metric=config.target.metric,
-                   budget=config.budget)
+                   repo=supervisor.ws.root, store=store, review=config.review, metric=config.metric)

@@ -11,9 +11,12 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from results.records import Decision, DecisionSource, Experiment, GpuSample, Status
+from results.metric import Metric, delta, running_best, starting_points
+from results.records import Decision, Experiment, GpuSample, Kind, Status
 from scheduler import events
+from scheduler.noise import Ruling
 from scheduler.runparse import Progress
+from scheduler.state import LaneState
 
 from .link import LaneInfo
 
@@ -77,9 +80,9 @@ class Curve:
 @dataclass
 class LaneView:
     info: LaneInfo
-    state: str = "idle"  # LaneChanged.state: idle|baseline|proposing|review|training|paused|lost|done
+    state: LaneState = LaneState.IDLE
     detail: str = ""
-    paused: bool = False
+    paused: bool = False  # a person paused it (the engine says so; a lane still training is paused too)
     pending: str | None = None  # what a person asked and the engine has not confirmed yet
     running: Experiment | None = None
     progress: Progress | None = None
@@ -104,11 +107,12 @@ class LaneView:
     @property
     def activity(self) -> str:
         """What the lane's agent is doing, in the words the pane shows."""
-        if self.state == "lost":
+        if self.state is LaneState.LOST:
             return "lost"
-        if self.running is not None or self.state in ("training", "baseline"):
+        if self.running is not None or self.state.training:
             return "evaluating" if self.evaluating else "training"
-        return {"review": "awaiting review", "done": "done: nothing more to try"}.get(self.state, self.state)
+        return {LaneState.REVIEW: "awaiting review", LaneState.DONE: "done: nothing more to try"}.get(
+            self.state, self.state.value)
 
 
 @dataclass
@@ -135,13 +139,13 @@ class Changes:
 
 
 class ResearchView:
-    def __init__(self, tag: str, lanes: list[LaneInfo], *, review: bool = False, metric: str = "val_bpb"):
+    def __init__(self, tag: str, lanes: list[LaneInfo], *, review: bool = False, metric: Metric | None = None):
         self.tag = tag
         self.review = review
-        self.metric = metric
+        self.metric = metric or Metric()
         self.lanes = {info.lane: LaneView(info) for info in lanes}
         self.experiments: dict[int, Experiment] = {}
-        self.decisions: dict[int, tuple[Decision, DecisionSource, str]] = {}  # from events: newest wins
+        self.decisions: dict[int, events.Decided] = {}  # from events: newest wins
         self.confirming: set[int] = set()
         self.held: dict[int, int] = {}  # experiment id -> lane: waiting for approve/reject
         self.review_sent: set[int] = set()
@@ -154,6 +158,7 @@ class ResearchView:
         self.finished: events.Finished | None = None
         self.quitting: str | None = None  # what this screen asked: None | "graceful" | "now"
         self.table_version = 0
+        self._starts: tuple[int, dict] = (-1, {})  # (table_version, starting points) computed then
         self.changes = Changes(lanes=set(self.lanes), urgent=set(self.lanes), header=True, table=True)
 
     # -- folding events ------------------------------------------------------------------------
@@ -192,12 +197,12 @@ class ResearchView:
                     if lane.pending == "stopping":
                         lane.pending = None
                     self._urgent(n)
-            case events.Decided(experiment_id=eid, decision="confirm"):
+            case events.Decided(experiment_id=eid, decision=Ruling.CONFIRM):
                 self.confirming.add(eid)
                 self._touched(eid)
-            case events.Decided(experiment_id=eid, decision=decision, source=source, reason=reason):
+            case events.Decided(experiment_id=eid):
                 self.confirming.discard(eid)
-                self.decisions[eid] = (Decision(decision), DecisionSource(source), reason)
+                self.decisions[eid] = event
                 if eid in self.experiments:
                     self.experiments[eid] = self._overlay(self.experiments[eid])
                 self._touched(eid)
@@ -209,10 +214,10 @@ class ResearchView:
                     self._urgent(n)
                 if self.review:
                     self.held[exp.id] = n
-            case events.LaneChanged(lane=n, state=state, detail=detail):
+            case events.LaneChanged(lane=n):
                 lane = self.lanes.get(n)
                 if lane is not None:
-                    self._lane_changed(lane, state, detail)
+                    self._lane_changed(lane, event)
             case events.FrontierAdvanced(commit=commit):
                 self.frontier = commit
                 self.changes.header = True
@@ -234,22 +239,14 @@ class ResearchView:
                 self.changes.lanes.update(self.lanes)
                 self.changes.urgent.update(self.lanes)
 
-    def _lane_changed(self, lane: LaneView, state: str, detail: str) -> None:
-        # The event carries the lane's main state only: a lane paused while it trains still
-        # says "training", with a detail that starts with "paused". A lane that is not training
-        # would say "paused" if it were.
-        if state == "paused" or detail.startswith("paused"):
-            lane.paused = True
-            if lane.pending == "pausing":
-                lane.pending = None
-        elif state not in ("training", "baseline") or lane.pending == "resuming":
-            lane.paused = False
-            if lane.pending == "resuming":
-                lane.pending = None
-        lane.state, lane.detail = state, detail
-        if state not in ("training", "baseline"):
+    def _lane_changed(self, lane: LaneView, event: events.LaneChanged) -> None:
+        lane.paused = event.paused
+        if lane.pending == ("pausing" if event.paused else "resuming"):
+            lane.pending = None  # the engine confirmed what a person asked
+        lane.state, lane.detail = event.state, event.detail
+        if not event.state.training:
             lane.running = None
-        if state == "review" and lane.next_up is not None and self.review:
+        if event.state is LaneState.REVIEW and lane.next_up is not None and self.review:
             self.held.setdefault(lane.next_up.id, lane.lane)
         self._urgent(lane.lane)
 
@@ -268,9 +265,12 @@ class ResearchView:
         """Decisions from events win over a stored row: the engine may write them to the store
         a moment after it announces them, and a person's later override replaces the first."""
         decided = self.decisions.get(exp.id)
-        if decided is None or (exp.decision, exp.decision_source, exp.decision_reason) == decided:
+        if decided is None:
             return exp
-        return replace(exp, decision=decided[0], decision_source=decided[1], decision_reason=decided[2])
+        decision = Decision(decided.decision.value)
+        if (exp.decision, exp.decision_source, exp.decision_reason) == (decision, decided.source, decided.reason):
+            return exp
+        return replace(exp, decision=decision, decision_source=decided.source, decision_reason=decided.reason)
 
     def _touched(self, experiment_id: int) -> None:
         self.table_version += 1
@@ -330,32 +330,26 @@ class ResearchView:
     # -- derived figures -------------------------------------------------------------------------
 
     def value(self, exp: Experiment) -> float | None:
-        value = exp.summary.get(self.metric, exp.extra.get(self.metric))
-        try:
-            return float(value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
+        return self.metric.value(exp)
+
+    def _starting_points(self) -> dict:
+        version, starts = self._starts
+        if version != self.table_version:  # every experiment row change bumps the version
+            starts = starting_points(self.experiments.values(), self.metric)
+            self._starts = (self.table_version, starts)
+        return starts
 
     def baseline(self, model: str | None) -> float | None:
-        """The starting point's mean on a GPU model: the first baseline's commit, measured."""
-        baselines = [e for e in self.experiments.values() if e.kind == "baseline"]
-        if not baselines:
-            return None
-        start = min(baselines, key=lambda e: e.id).commit
-        values = [v for e in baselines if e.commit == start and e.gpu_name == model and e.status is Status.OK
-                  for v in [self.value(e)] if v is not None]
-        return sum(values) / len(values) if values else None
+        """The starting point's mean on a GPU model (results/metric.py, as `report` has it)."""
+        starts = self._starting_points()
+        return next((v for (_, m), v in starts.items() if m == model), None)
 
     def delta(self, exp: Experiment) -> float | None:
-        value = self.value(exp)
-        reference = self.baseline(exp.gpu_name)
-        return None if value is None or reference is None else value - reference
+        return delta(exp, self._starting_points(), self.metric)
 
     def best(self) -> Experiment | None:
         """The best kept result (a change, not a baseline); None until something is kept."""
-        kept = [e for e in self.experiments.values()
-                if e.decision is Decision.KEEP and e.kind != "baseline" and self.value(e) is not None]
-        return min(kept, key=lambda e: (self.value(e), e.id)) if kept else None
+        return self.metric.best(self.experiments.values())
 
     def counts(self) -> Counts:
         c = Counts()
@@ -368,9 +362,9 @@ class ResearchView:
                 c.done += 1
             if e.status in FAILURES:
                 c.crashed += 1
-            elif e.kind != "baseline" and e.decision is Decision.KEEP:
+            elif e.kind is not Kind.BASELINE and e.decision is Decision.KEEP:
                 c.kept += 1
-            elif e.kind != "baseline" and e.decision is Decision.DISCARD:
+            elif e.kind is not Kind.BASELINE and e.decision is Decision.DISCARD:
                 c.discarded += 1
         return c
 
@@ -388,22 +382,22 @@ class ResearchView:
                       key=lambda e: e.id)
         xs = [e.id for e in done]
         ys = [self.value(e) for e in done]
-        best_x, best_y, best = [], [], None
-        for e in done:
-            if e.decision is Decision.KEEP and (best is None or self.value(e) < best):
-                if best is not None:  # a step, not a slope: the best only changes at a keep
-                    best_x.append(e.id)
-                    best_y.append(best)
-                best = self.value(e)
-            if best is not None:
+        best_x, best_y, previous = [], [], None
+        for e, best in zip(done, running_best(done, self.metric)):
+            if best is None:
+                continue
+            if previous is not None and best != previous:  # a step, not a slope: the best only changes at a keep
                 best_x.append(e.id)
-                best_y.append(best)
+                best_y.append(previous)
+            best_x.append(e.id)
+            best_y.append(best)
+            previous = best
         return xs, ys, best_x, best_y
 
     def search_text(self, exp: Experiment) -> str:
         decision = f"{exp.decision.value} {exp.decision_source.value if exp.decision_source else ''}" \
             if exp.decision else ""
-        return (f"#{exp.id} lane {exp.lane} {exp.kind} {self.status_text(exp)} {decision} "
+        return (f"#{exp.id} lane {exp.lane} {exp.kind.value} {self.status_text(exp)} {decision} "
                 f"{exp.description} {exp.gpu_name or ''} {exp.agent or ''}").lower()
 
     def table(self, query: str = "", sort: str = "id", reverse: bool = False) -> list[Experiment]:
@@ -423,8 +417,9 @@ SORT_KEYS = {
     "id": lambda view, e: e.id,
     "lane": lambda view, e: e.lane,
     "status": lambda view, e: view.status_text(e),
-    "value": lambda view, e: view.value(e),
-    "delta": lambda view, e: view.delta(e),
+    # Best first, whichever way the metric is better.
+    "value": lambda view, e: None if (v := view.value(e)) is None else view.metric.score(v),
+    "delta": lambda view, e: None if (d := view.delta(e)) is None else -view.metric.improvement(d),
     "decision": lambda view, e: e.decision.value if e.decision else None,
     "description": lambda view, e: e.description.lower(),
 }

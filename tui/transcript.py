@@ -1,5 +1,5 @@
 """An agent's transcript: the JSON-lines file an LLM proposal leaves (its path is in the
-experiment's extra["transcript"]), one message per line with a role (system, user, assistant,
+experiment's notes["transcript"]), one message per line with a role (system, user, assistant,
 tool), its content, and for tool calls the tool's name and arguments."""
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def load(path: str | Path) -> list[Message]:
     return messages
 
 
-def render(extra: dict) -> Text:
-    path = extra.get("transcript")
+def render(notes: dict) -> Text:
+    """The transcript an LLM proposer noted with its proposal (Experiment.notes)."""
+    path = notes.get("transcript")
     if not path:
         return Text(NO_TRANSCRIPT, style="dim")
     try:

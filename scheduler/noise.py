@@ -11,6 +11,7 @@ Scores are "lower is better"; a metric where higher is better is negated before 
 
 from __future__ import annotations
 
+import enum
 import math
 import statistics
 from collections import defaultdict
@@ -21,9 +22,17 @@ from dataclasses import dataclass
 NOISE_Z = 2.0
 
 
+class Ruling(enum.StrEnum):
+    """What the noise rules say of a candidate: a str enum, so events carry the plain word."""
+
+    KEEP = "keep"
+    DISCARD = "discard"
+    CONFIRM = "confirm"  # too close to the margin to tell: run it again
+
+
 @dataclass(frozen=True)
 class Verdict:
-    action: str  # keep | discard | confirm
+    action: Ruling
     reason: str
     delta: float | None = None  # reference - candidate (positive: the candidate is better)
     margin: float | None = None
@@ -83,9 +92,9 @@ class Policy:
         noise = f"margin {margin:.4f}" + (f" (noise sigma {sigma:.4f})" if sigma is not None else " (floor; noise not measured yet)")
         if delta <= margin:
             word = "worse than" if delta < 0 else "within the margin of"
-            return Verdict("discard", f"{word} the reference: delta {delta:+.4f}, {noise}", delta, margin)
+            return Verdict(Ruling.DISCARD, f"{word} the reference: delta {delta:+.4f}, {noise}", delta, margin)
         if self.confirm and len(runs) == 1 and sigma is not None and delta < margin + sigma:
-            return Verdict("confirm", f"a win within noise of the margin: delta {delta:+.4f}, {noise}; re-running",
+            return Verdict(Ruling.CONFIRM, f"a win within noise of the margin: delta {delta:+.4f}, {noise}; re-running",
                            delta, margin)
         runs_note = f" over {len(runs)} runs" if len(runs) > 1 else ""
-        return Verdict("keep", f"better by {delta:.4f}{runs_note}, {noise}", delta, margin)
+        return Verdict(Ruling.KEEP, f"better by {delta:.4f}{runs_note}, {noise}", delta, margin)

@@ -1,6 +1,7 @@
-"""From parsed flags to a running supervisor: configuration, GPUs, repository, lock, store,
-proposer, then the engine under a UI or headless. Every problem a user can cause ends here as
-one sentence and exit code 2; a failure of ours leaves a traceback in the log and exit code 1."""
+"""The composition root: from parsed flags to a running supervisor -- configuration, GPUs,
+repository, lock, store, proposer, then the engine under a UI or headless. Every problem a user
+can cause ends here as one sentence and exit code 2; a failure of ours leaves a traceback in
+the log and exit code 1."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def _proposer(config: cfg.Config):
     if not os.environ.get(key) and not (provider == "openai" and config.base_url):
         raise UsageError(f"--agent {config.agent} needs {key} in the environment.")
     client = Client(provider, model, base_url=config.base_url)
-    return LlmProposer(client, lanes=1)
+    return LlmProposer(client)  # attach() tells it the number of lanes
 
 
 def supervise(args: argparse.Namespace) -> int:
@@ -98,7 +99,7 @@ def supervise(args: argparse.Namespace) -> int:
         store.close()
         return _usage(e)
     _logging(repo / ".autoresearch" / "logs" / config.tag / "supervisor.log", console=config.no_ui)
-    sink = JsonLinesPrinter(sys.stdout if config.no_ui else None)
+    sink = JsonLinesPrinter(sys.stdout if config.no_ui else None, config.metric)
     try:
         if config.no_ui:
             supervisor = Supervisor(config, store, workspace, gpus, proposer, sink)

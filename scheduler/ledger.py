@@ -1,0 +1,114 @@
+"""Where the engine records what happens: every new experiment, result, decision and notice goes
+into the research state, the store and the consumers' events through here, in that order, on
+the supervisor's thread. Decisions and notices may wait for the next launch (`later`): a result
+is written at once, and a lane's GPU does not wait for the rest."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Callable
+
+from agents.proposer import PastExperiment
+from results.records import Decision, DecisionSource, Event as StoredEvent, Experiment, Kind, Status
+from results.store import Store, utcnow
+
+from . import events
+from .noise import Ruling
+from .state import Lane, ResearchState
+
+log = logging.getLogger("autoresearch.supervisor")
+
+
+class Ledger:
+    def __init__(self, state: ResearchState, store: Store, branch: str, keep_commit: Callable[[int, str], None],
+                 sink: Callable[[events.Event], None], observe: Callable[[Experiment], None]):
+        self.state, self.store, self.branch = state, store, branch
+        self.keep_commit = keep_commit  # (id, commit): a ref per experiment, so git never collects its commit
+        self._sink = sink
+        self._observe = observe  # a proposer that learns is told of every decision
+        self._deferred: list[tuple[Callable, tuple]] = []
+
+    # -- consumers -------------------------------------------------------------------------------
+
+    def emit(self, event) -> None:
+        try:
+            self._sink(event)
+        except Exception:  # noqa: BLE001 - a broken consumer must not stop the research
+            log.exception("event consumer failed on %s", events.event_name(event))
+
+    def notice(self, level: events.Level, message: str, lane: int | None = None) -> None:
+        self.emit(events.Notice(level, message, lane))
+        self.later(self.store.add_event, StoredEvent(utcnow(), self.state.run_id, f"notice:{level.value}", lane=lane,
+                                                     detail={"message": message}))
+
+    def lane_changed(self, lane: Lane, detail: str = "") -> None:
+        self.emit(events.LaneChanged(lane.index, lane.state, detail, lane.paused))
+
+    def event(self, kind: str, source: DecisionSource, lane: int | None = None, experiment_id: int | None = None,
+              detail: dict | None = None, *, now: bool = False) -> None:
+        """An events row (an override, a promotion); `now` when it must not wait."""
+        row = StoredEvent(utcnow(), self.state.run_id, kind, source.value, lane, experiment_id, detail or {})
+        if now:
+            self.store.add_event(row)
+        else:
+            self.later(self.store.add_event, row)
+
+    # -- experiments ------------------------------------------------------------------------------
+
+    def new_experiment(self, template: Experiment) -> Experiment:
+        """Give a planned experiment its row (and id) and keep its commit reachable."""
+        exp = self.store.add_experiment(replace(template, run_id=self.state.run_id, branch=self.branch))
+        if exp.commit:
+            self.keep_commit(exp.id, exp.commit)
+        self.state.experiments[exp.id] = exp
+        return exp
+
+    def save(self, exp: Experiment) -> None:
+        self.state.experiments[exp.id] = exp
+        self.store.save_experiment(exp)
+
+    def learn(self, exp: Experiment) -> None:
+        """Fold a finished experiment into the measurements and the proposers' history."""
+        state = self.state
+        if exp.status is Status.REJECTED and exp.commit is None:
+            return
+        value = state.value(exp)
+        if exp.status is Status.OK and value is not None and exp.commit and exp.gpu_name:
+            state.measurements.add(exp.commit, exp.gpu_name, state.metric.score(value))
+        if exp.kind is Kind.PROPOSAL and exp.status.finished:
+            state.history.append(PastExperiment(exp.description, exp.change, value, exp.status.value,
+                                                exp.decision.value if exp.decision else None, dict(exp.notes)))
+
+    def decide(self, exp: Experiment, decision: Decision, source: DecisionSource, reason: str,
+               by: str = "") -> Experiment:
+        exp = replace(exp, decision=decision, decision_source=source, decision_reason=reason)
+        self.state.experiments[exp.id] = exp
+        self.later(self.store.record_decision, exp.id, decision, source, reason, self.state.run_id, by)
+        self.emit(events.Decided(exp.id, Ruling(decision.value), source, reason))
+        history = self.state.history
+        for i, past in enumerate(history):  # proposers learn from decisions, not just results
+            if past.change is not None and past.change == exp.change and past.decision is None:
+                history[i] = replace(past, decision=decision.value)
+        self._observe(exp)
+        return exp
+
+    def reject(self, exp: Experiment, why: str) -> Experiment:
+        """A proposal that will never run: recorded, and learnt from."""
+        rejected = replace(exp, status=Status.REJECTED, finished_at=utcnow(), error=why)
+        self.save(rejected)
+        self.learn(rejected)
+        return rejected
+
+    # -- writes that can wait ----------------------------------------------------------------------
+
+    def later(self, write: Callable, *args) -> None:
+        self._deferred.append((write, args))
+
+    def write_deferred(self) -> None:
+        writes, self._deferred = self._deferred, []
+        for write, args in writes:
+            try:
+                write(*args)
+            except Exception:  # noqa: BLE001 - ours; the traceback goes to the log
+                log.exception("writing %s to the store failed", getattr(write, "__name__", write))

@@ -1,0 +1,11 @@
+CREATE TABLE events(id INTEGER PRIMARY KEY, t TIMESTAMP NOT NULL, run_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, "source" VARCHAR NOT NULL, lane INTEGER, experiment_id INTEGER, detail JSON);
+CREATE TABLE experiments(id INTEGER PRIMARY KEY, run_id VARCHAR NOT NULL, lane INTEGER NOT NULL, kind VARCHAR DEFAULT('proposal') NOT NULL, gpu_index INTEGER, gpu_uuid VARCHAR, gpu_name VARCHAR, worktree VARCHAR, branch VARCHAR, parent_commit VARCHAR, "commit" VARCHAR, description VARCHAR NOT NULL, hypothesis VARCHAR, agent VARCHAR, status VARCHAR NOT NULL, decision VARCHAR, decision_source VARCHAR, decision_reason VARCHAR, val_bpb DOUBLE, training_seconds DOUBLE, total_seconds DOUBLE, peak_vram_mb DOUBLE, mfu_percent DOUBLE, total_tokens_M DOUBLE, num_steps INTEGER, num_params_M DOUBLE, depth INTEGER, attention_backend VARCHAR, startup_seconds DOUBLE, seed VARCHAR, device_name VARCHAR, extra JSON, started_at TIMESTAMP, finished_at TIMESTAMP, log_path VARCHAR, exit_code INTEGER, "error" VARCHAR);
+CREATE TABLE llm_calls(id INTEGER PRIMARY KEY, t TIMESTAMP NOT NULL, run_id VARCHAR NOT NULL, "role" VARCHAR NOT NULL, provider VARCHAR NOT NULL, model VARCHAR NOT NULL, outcome VARCHAR NOT NULL, lane INTEGER, experiment_id INTEGER, input_tokens INTEGER, output_tokens INTEGER, cost_usd DOUBLE, latency_ms DOUBLE, "error" VARCHAR);
+CREATE TABLE memories(id INTEGER PRIMARY KEY, t TIMESTAMP NOT NULL, run_id VARCHAR, experiment_id INTEGER, author VARCHAR, "text" VARCHAR NOT NULL, tags VARCHAR[], doc_len INTEGER);
+CREATE TABLE memory_terms(memory_id INTEGER NOT NULL, term VARCHAR NOT NULL, tf INTEGER NOT NULL);
+CREATE TABLE metrics(experiment_id INTEGER NOT NULL, step INTEGER NOT NULL, t TIMESTAMP NOT NULL, pct DOUBLE, loss DOUBLE, lrm DOUBLE, dt_ms DOUBLE, tok_per_sec DOUBLE, mfu DOUBLE, epoch INTEGER, remaining_s DOUBLE);
+CREATE TABLE runs(id VARCHAR PRIMARY KEY, tag VARCHAR NOT NULL, repo VARCHAR NOT NULL, started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, host VARCHAR, config JSON);
+CREATE TABLE schema_version("version" INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL);
+CREATE TABLE telemetry(t TIMESTAMP NOT NULL, gpu_index INTEGER NOT NULL, gpu_uuid VARCHAR, util_pct DOUBLE, mem_used_mb DOUBLE, mem_total_mb DOUBLE, temp_c DOUBLE, power_w DOUBLE, sm_clock_mhz DOUBLE, throttle_reasons VARCHAR);
+CREATE INDEX experiments_by_run ON experiments(run_id);
+
