@@ -20,8 +20,9 @@ from __future__ import annotations
 import ast
 import difflib
 import re
-import warnings
 from dataclasses import dataclass
+
+from . import pysource
 
 __all__ = ["EditError", "EditResult", "numbered", "replace_snippet"]
 
@@ -118,10 +119,7 @@ def _diff(before: str, after: str, name: str) -> str:
 def _syntax_problem(source: str, name: str) -> SyntaxError | None:
     """Why the source would not parse or compile as a module, or None when it does."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SyntaxWarnings (say, "\d" in a string) are fine
-            ast.parse(source, filename=name)
-            compile(source, name, "exec", dont_inherit=True)
+        pysource.compile_module(source, name)
     except SyntaxError as error:
         return error
     except (ValueError, RecursionError, MemoryError) as error:  # null bytes, deep nesting
@@ -152,9 +150,7 @@ def _check_compiles(before: str, after: str, name: str, first: int, last: int) -
 
 def _parse(text: str, what: str = "the file") -> ast.Module:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ast.parse(text)
+        return pysource.parse(text)
     except SyntaxError as error:
         raise EditError(f"{what} does not parse: {error.msg} at line {error.lineno}; fix that "
                         "first with a snippet replacement.") from None

@@ -12,9 +12,9 @@ import io
 import operator
 import re
 import tokenize
-import warnings
 from dataclasses import dataclass
 
+from . import pysource
 from .editing import DEFAULT_NAME, EditError, EditResult, _check_compiles, _clip, _diff, _newline, _parse
 
 __all__ = ["Hyper", "constant_number", "hyperparameters", "set_hyperparameters"]
@@ -186,9 +186,7 @@ def _value_tree(name: str, source: object) -> tuple[str, ast.expr]:
     if not source:
         raise EditError(f"the value for {name} is empty; give the new right-hand side, e.g. 0.04.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            expr = ast.parse(source, mode="eval").body
+        expr = pysource.parse(source, mode="eval").body
     except SyntaxError as error:
         raise EditError(f"the value for {name} is not a Python expression ({error.msg}): "
                         f"`{_clip(source)}`; give only the right-hand side, e.g. 0.04 or "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from agents import pysource
 from agents.hyperparams import constant_number
 from agents.proposer import PastExperiment, Proposal, ProposalError, ProposalRequest
 
@@ -123,7 +124,7 @@ class Change:
 
 def _parse_number(text: str) -> int | float | None:
     try:
-        return constant_number(ast.parse(text, mode="eval").body)
+        return constant_number(pysource.parse(text, mode="eval").body)
     except SyntaxError:
         return None
 
@@ -163,7 +164,7 @@ def find_knobs(source: str) -> dict[str, Knob]:
     """Every module-level UPPER_CASE assignment of a numeric literal, a per-profile table of
     them, or a window pattern, by name. Names assigned twice are left out: which one counts is
     not a one-line question."""
-    tree = ast.parse(source)
+    tree = pysource.parse(source)
     lines = source.split("\n")
     assigned = Counter(t.id for s in tree.body if isinstance(s, (ast.Assign, ast.AnnAssign))
                        for t in (s.targets if isinstance(s, ast.Assign) else [s.target])
@@ -203,7 +204,7 @@ def _lengths_in(text: str) -> tuple[tuple[str | None, int], ...]:
     # Cached by content: every proposal asks again, and walking two whole files each time
     # would cost more than the rest of a proposal.
     try:
-        tree = ast.parse(text)
+        tree = pysource.parse(text)
     except SyntaxError:
         return ()
     found = []

@@ -12,11 +12,13 @@ second, the events a Supervisor emits, for --seconds.
 [cpu]  The app process's CPU time (every thread: the event loop, textual's writer and input
        threads) per wall second, as a share of one core, over the window after a 3-second
        warm-up, less the feeder thread's own CPU time (the engine's work, not the app's).
-[key]  Every 0.5 s this script writes `p` to the terminal and times how long until the
+[key]  About every 0.5 s this script writes `p` to the terminal and times how long until the
        screen's bytes carry the answer ("pausing…" or "resuming…" in the selected lane's
        border; with no engine attached the request stays pending, so the two alternate).
        That is the whole path: the pty, textual's input parser, the binding, the action, the
-       redraw, the compositor and the bytes back.
+       redraw, the compositor and the bytes back. The interval varies between 0.25 and
+       0.75 s (a fixed seed): presses at an exact 0.5 s would all land at one phase of the
+       app's once-a-second frame, and a run's figure would depend on where its start fell.
 
 Prints the figures and a table with targets and PASS/MISS. Always exits 0 unless it crashes.
 See bench/README.md."""
@@ -30,6 +32,7 @@ import math
 import os
 import platform
 import pty
+import random
 import select
 import statistics
 import struct
@@ -256,6 +259,7 @@ def measure(size: str, args) -> dict:
     deadline = time.monotonic() + args.key_seconds - 1.0
     expect = [b"pausing", b"resuming"]
     presses = 0
+    intervals = random.Random(0)
     while time.monotonic() < deadline:
         with term.cond:
             since = len(term.buffer)
@@ -268,7 +272,7 @@ def measure(size: str, args) -> dict:
             missed += 1
         else:
             delays.append((seen - sent) * 1000)
-        time.sleep(max(0.0, sent + KEY_EVERY_S - time.monotonic()))
+        time.sleep(max(0.0, sent + KEY_EVERY_S * intervals.uniform(0.5, 1.5) - time.monotonic()))
     errors = term.close()
     if not out.exists():
         raise SystemExit(f"the app did not report (exit {term.proc.returncode}):\n{errors[-3000:]}")

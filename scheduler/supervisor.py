@@ -12,6 +12,7 @@ The loop composes its collaborators, each explicit about what it reads and chang
   judge.py      the rules: a finished experiment -> actions (pure; applied here, in order)
   promotion.py  moving the frontier (git)
   drafting.py   proposals drafted ahead, replayed, checked; what the proposer hears back
+  launching.py  an experiment onto a lane: its worktree, its child's environment, the executor
   overrides.py  a person's commands
   ledger.py     recording: state, store and events, in that order
 """
@@ -19,7 +20,6 @@ The loop composes its collaborators, each explicit about what it reads and chang
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import time
@@ -34,16 +34,17 @@ from results.store import Store, utcnow
 from . import control, events
 from .config import Config
 from .drafting import Drafting
-from .executor import LocalExecutor, RunSpec, child_environment, target_command
+from .executor import LocalExecutor
 from .gpus import Gpu, TelemetrySampler
 from .inbox import (CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded, MemoryToWrite, Message,
                     ProposalDrafted, ProposalReplayed, RunEnded, RunProgressed, UnknownMessage)
 from .judge import Action, Confirm, Decide, FrontierFailed, Judge, Promote, Queue
+from .launching import Launcher
 from .ledger import Ledger
 from .noise import Policy, Ruling
 from .overrides import Overrides
 from .promotion import Promotion
-from .state import Lane, Quitting, Ready, ResearchState, Running
+from .state import Lane, Quitting, Ready, ResearchState
 from .workspace import Workspace
 
 log = logging.getLogger("autoresearch.supervisor")
@@ -58,20 +59,20 @@ class Supervisor:
         run_id = f"{config.tag}-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         folder = workspace.root / ".autoresearch"
         self.logs = folder / "logs" / config.tag
-        self.compile_cache = folder / "compile-cache"
         self.resumed = workspace.exists()
         frontier = workspace.ensure_frontier()  # before the worktrees: they start at it
         lanes = [Lane(g, workspace.worktree(f"lane-{g.lane}"), workspace.worktree(f"lane-{g.lane}-draft")) for g in gpus]
         self.state = ResearchState(run_id=run_id, frontier=frontier, lanes=lanes,
                                    metric=config.metric,
                                    max_experiments=config.max_experiments)
-        self.threads = max(1, (os.cpu_count() or 1) // max(1, len(gpus)))
         self.ledger = Ledger(self.state, store, workspace.branch, workspace.keep_commit, sink,
                              observe=lambda exp: self.drafting.observe(exp))
         self.judge = Judge(Policy(floor=config.noise_floor))
         self.promotion = Promotion(self.state, workspace, self.ledger, self.judge)
         self.drafting = Drafting(self.state, config, workspace, proposer, self.inbox, self.ledger)
         self.overrides = Overrides(self.state, workspace, self.ledger, self.promotion)
+        self.launcher = Launcher(self.state, config, workspace, self.executor, self.inbox, self.ledger, self.drafting,
+                                 logs=self.logs, compile_cache=folder / "compile-cache")
         self.sampler = TelemetrySampler(gpus, lambda s: self.inbox.put(GpuSampleTaken(s)),
                                         lambda gpu, why: self.inbox.put(GpuLost(gpu.lane, why))) if telemetry else None
         self._handlers: dict[type, Callable] = {
@@ -228,7 +229,7 @@ class Supervisor:
             # Past --max-experiments, only the runs that judge results already in hand go on.
             job = self._next_follow_up(lane) if state.out_of_budget else self._next_job(lane)
             if job is not None:
-                self._launch(lane, job)
+                self.launcher.launch(lane, job)
         self.drafting.replay_waiting()
         for lane in state.lanes:
             self.drafting.draft(lane)
@@ -266,46 +267,6 @@ class Supervisor:
         running = sum(1 for lane in state.lanes if lane.run is not None and lane.model == model
                       and lane.current.commit == state.frontier and lane.current.kind is Kind.BASELINE)
         return have + running < wanted
-
-    def _launch(self, lane: Lane, exp: Experiment) -> None:
-        state = self.state
-        if exp.kind is Kind.PROPOSAL and exp.parent_commit != state.frontier:
-            exp = self.drafting.rebase_now(lane, exp)
-            if exp is None:
-                return
-        # A proposal runs where it was drafted: its commit is checked out there already, and
-        # the worktree the last run used becomes the next draft's (the roles swap). Anything
-        # else (a baseline, a confirmation) is checked out in the run worktree.
-        in_place = exp.commit == lane.draft_head and not lane.working
-        run_dir = lane.draft_dir if in_place else lane.run_dir
-        log_path = self.logs / f"{exp.id:06d}.log"
-        exp = replace(exp, status=Status.RUNNING, lane=lane.index, gpu_index=lane.gpu.index, gpu_uuid=lane.gpu.uuid,
-                      gpu_name=lane.model, worktree=str(run_dir), started_at=utcnow(), log_path=str(log_path))
-        try:
-            if in_place:
-                lane.run_dir, lane.draft_dir, lane.draft_head = lane.draft_dir, lane.run_dir, None
-            else:
-                self.ws.checkout(run_dir, exp.commit)
-            env = child_environment(dict(os.environ), visible_devices=lane.gpu.visible_devices, threads=self.threads,
-                                    compile_cache=self.compile_cache / _slug(lane.model), budget=self.config.budget)
-            spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), run_dir, env, log_path,
-                           timeout_s=self.config.run_timeout, hung_s=self.config.hung_seconds,
-                           kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric)
-            handle = self.executor.start(
-                spec, on_progress=lambda points, i=exp.id, n=lane.index: self.inbox.put(
-                    RunProgressed(n, i, tuple(points))),
-                on_done=lambda result, n=lane.index: self.inbox.put(RunEnded(n, result)))
-        except Exception as e:  # noqa: BLE001 - the experiment fails, the lane goes on
-            log.exception("could not start experiment %s", exp.id)
-            self.ledger.save(replace(exp, status=Status.CRASH, finished_at=utcnow(), error=f"could not start: {e}"))
-            self.ledger.notice(events.Level.ERROR, f"lane {lane.index}: experiment #{exp.id} could not start: {e}",
-                               lane.index)
-            return
-        lane.run = Running(exp, handle)
-        state.started += 1
-        self.ledger.save(exp)
-        self.ledger.emit(events.RunStarted(lane.index, exp, getattr(handle, "pid", None)))
-        self.ledger.lane_changed(lane, exp.description)
 
     # -- messages ----------------------------------------------------------------------------------
 
@@ -418,10 +379,6 @@ def _follow_up(exp: Experiment) -> bool:
     on a moved frontier, the reference it needs): it runs even past --max-experiments, so the
     last results of a session are judged, not left as "measured again as #N"."""
     return exp.kind in (Kind.CONFIRM, Kind.VERIFICATION) or (exp.kind is Kind.BASELINE and exp.reference_for is not None)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "device"
 
 
 def _config_record(config: Config, lanes: list[Lane]) -> dict:
