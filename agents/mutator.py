@@ -406,9 +406,13 @@ class OfflineMutator:
         files = ", ".join(request.editable_files)
         raise ProposalError(f"no hyperparameter assignments to change in {files}")
 
-    def _stream(self, request: ProposalRequest) -> random.Random:
+    def _stream(self, request: ProposalRequest, source: str) -> random.Random:
+        """Seeded by the code being changed, not by the commit that holds it: the same trainer
+        gets the same proposals in any repository, whatever its history or its other files
+        (an edit to prepare.py or a README does not reshuffle the search)."""
         past = "|".join(f"{p.change}:{p.decision}" for p in request.history)
-        fields = (self.seed, request.lane, request.attempt, request.parent_commit, past)
+        code = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        fields = (self.seed, request.lane, request.attempt, code, past)
         digest = hashlib.sha256("\0".join(map(str, fields)).encode()).digest()
         return random.Random(int.from_bytes(digest[:8], "big"))
 
@@ -418,7 +422,7 @@ class OfflineMutator:
         candidates = [c for name, knob in knobs.items() if self._wanted(name)
                       for c in changes_for(knob) if batches_still_divide(c, knobs, lengths)]
         kept = kept_directions(request.history)
-        rng = self._stream(request)
+        rng = self._stream(request, source)
         with self._lock:
             # History carries no parent commit, so any key in it may have been tried on this
             # parent: those are out, as are the keys this mutator gave for this parent.

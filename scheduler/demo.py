@@ -33,6 +33,13 @@ DEMO_EXPERIMENTS = 8  # two baselines, then six proposals
 # rates, and every keep it makes is a real, measured improvement.
 DETUNED = {"MATRIX_LR": 0.25, "EMBEDDING_LR": 0.25, "UNEMBEDDING_LR": 0.25, "SCALAR_LR": 0.25}
 DEMO_KNOBS = ("*_LR",)
+# The demo's proposals are a fixed sequence: a fixed trainer and a fixed mutator seed. On a
+# 2-core machine a 20 s run's step count varies by about 10%, which moves val_bpb more than
+# most of these changes do; this seed's first proposals include a step up of UNEMBEDDING_LR,
+# the rate whose cut costs the most, so a newcomer sees a real keep within minutes. The
+# mutator draws from the trainer's own text, so a change to the trainer may call for another
+# seed (tests/test_demo.py says so).
+DEMO_SEED = 3
 
 
 class DemoError(Exception):
@@ -93,7 +100,7 @@ def demo_config(config: Config, given: set[str], root: Path) -> Config:
     changes = {"repo": demo_repo(root)}
     defaults = {"gpus": DEMO_GPUS, "budget": DEMO_BUDGET, "max_experiments": DEMO_EXPERIMENTS,
                 "tag": f"demo-{datetime.now():%Y%m%d-%H%M%S}", "db": root / "results.duckdb",
-                "hung_seconds": 120.0, "agent": "offline"}
+                "hung_seconds": 120.0, "agent": "offline", "seed": DEMO_SEED}
     changes.update({k: v for k, v in defaults.items() if k not in given})
     # The tiny profile on every lane, even on a GPU box: the demo is about the loop, not the model.
     os.environ["AUTORESEARCH_PROFILE"] = "tiny"

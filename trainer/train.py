@@ -516,7 +516,7 @@ def main():
     grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_micro_step
     train_loader = prepare.make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", profile, DEVICE)
     x, y, epoch = next(train_loader)
-    print(f"budget: {TIME_BUDGET:g}s | batch: {TOTAL_BATCH_SIZE:,} tokens in {grad_accum_steps} micro-steps")
+    print(f"budget: {TIME_BUDGET}s | batch: {TOTAL_BATCH_SIZE:,} tokens in {grad_accum_steps} micro-steps")
 
     # ---------------------------------------------------------------------------------------
     # Training loop: the budget counts only steps after the first few (compilation, warm-up)
@@ -616,7 +616,7 @@ def main():
         "seed": str(seed),
         "device_name": device_name,
         "profile": PROFILE,
-        "time_budget": f"{TIME_BUDGET:g}",
+        "time_budget": str(TIME_BUDGET),
     }
     print("---")
     for key, value in summary.items():
