@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .records import Decision, Experiment, Kind, Status
+from .records import SUMMARY_COLUMNS, Decision, Experiment, Kind, Status
 
 _NAME = re.compile(r"^[A-Za-z_][\w.]*$")  # what a summary line's key may be (scheduler/runparse.py)
 
@@ -75,8 +75,6 @@ class Metric:
 
     def sql_value(self) -> tuple[str, list]:
         """A SQL expression for the value in the experiments table, and its parameters."""
-        from .records import SUMMARY_COLUMNS
-
         if SUMMARY_COLUMNS.get(self.name) in (float, int):
             return f'"{self.name}"', []
         return "TRY_CAST(json_extract_string(extra, ?) AS DOUBLE)", [f'$."{self.name}"']

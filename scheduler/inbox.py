@@ -84,7 +84,7 @@ class CommandGiven:
 
 Message = (RunProgressed | RunEnded | ProposalDrafted | ProposalReplayed | GpuSampleTaken | GpuLost | LlmCallEnded
            | MemoryToWrite | CommandGiven)
-MESSAGE_TYPES: tuple[type, ...] = Message.__args__
+MESSAGE_TYPES: frozenset[type] = frozenset(Message.__args__)
 
 
 class UnknownMessage(TypeError):
@@ -100,7 +100,7 @@ class Inbox:
 
     def put(self, message: Message) -> None:
         if type(message) not in MESSAGE_TYPES:
-            raise UnknownMessage(f"the engine's inbox takes {', '.join(t.__name__ for t in MESSAGE_TYPES)}; "
+            raise UnknownMessage(f"the engine's inbox takes {', '.join(sorted(t.__name__ for t in MESSAGE_TYPES))}; "
                                  f"not {message!r}")
         self._queue.put(message)
 
