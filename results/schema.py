@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+import pyarrow as pa
+
 from .memory_index import index_terms
 
 _V1 = """
@@ -93,6 +95,9 @@ _V3_COLUMNS = (('"change"', "VARCHAR"), ("rerun_of", "INTEGER"), ("confirms", "I
                ("reference_for", "INTEGER"), ("drafted_on", "VARCHAR"), ("touched", "VARCHAR[]"), ("notes", "JSON"))
 _V3_LINKS = ("change", "rerun_of", "confirms", "verifies", "reference_for", "drafted_on", "touched")
 _V3_NOTES = ("transcript", "direction", "file", "name", "old", "new")  # what v2's proposers added
+_V3_ARROW = {"id": pa.int64(), "change": pa.string(), "rerun_of": pa.int64(), "confirms": pa.int64(),
+             "verifies": pa.int64(), "reference_for": pa.int64(), "drafted_on": pa.string(),
+             "touched": pa.list_(pa.string()), "notes": pa.string(), "extra": pa.string()}
 
 
 def _v3(con) -> None:
@@ -101,6 +106,8 @@ def _v3(con) -> None:
     for column, sql_type in _V3_COLUMNS:
         con.execute(f"ALTER TABLE experiments ADD COLUMN {column} {sql_type}")
     rows = con.execute("SELECT id, kind, extra FROM experiments WHERE extra IS NOT NULL").fetchall()
+    moved: dict[str, list] = {name: [] for name in ("id", "change", "rerun_of", "confirms", "verifies",
+                                                     "reference_for", "drafted_on", "touched", "notes", "extra")}
     for experiment_id, kind, raw in rows:
         extra = json.loads(raw) if raw else {}
         if not isinstance(extra, dict):
@@ -108,13 +115,25 @@ def _v3(con) -> None:
         links = {k: extra.pop(k) for k in _V3_LINKS if k in extra}
         notes = {k: extra.pop(k) for k in _V3_NOTES if k in extra} if kind == "proposal" else {}
         touched = links.get("touched")
-        con.execute(
-            'UPDATE experiments SET "change" = ?, rerun_of = ?, confirms = ?, verifies = ?, reference_for = ?, '
-            "drafted_on = ?, touched = ?, notes = ?, extra = ? WHERE id = ?",
-            [_text(links.get("change")), _whole(links.get("rerun_of")), _whole(links.get("confirms")),
-             _whole(links.get("verifies")), _whole(links.get("reference_for")), _text(links.get("drafted_on")),
-             [str(p) for p in touched] if isinstance(touched, list) else None,
-             json.dumps(notes) if notes else None, json.dumps(extra) if extra else None, experiment_id])
+        for name, value in (("id", experiment_id), ("change", _text(links.get("change"))),
+                            ("rerun_of", _whole(links.get("rerun_of"))), ("confirms", _whole(links.get("confirms"))),
+                            ("verifies", _whole(links.get("verifies"))),
+                            ("reference_for", _whole(links.get("reference_for"))),
+                            ("drafted_on", _text(links.get("drafted_on"))),
+                            ("touched", [str(p) for p in touched] if isinstance(touched, list) else None),
+                            ("notes", json.dumps(notes) if notes else None),
+                            ("extra", json.dumps(extra) if extra else None)):
+            moved[name].append(value)
+    if moved["id"]:  # one UPDATE for every row: a long log migrates in a second, not a minute
+        batch = pa.table({name: pa.array(values, type=_V3_ARROW.get(name)) for name, values in moved.items()})
+        con.register("_v3_moved", batch)
+        try:
+            con.execute('UPDATE experiments SET "change" = m."change", rerun_of = m.rerun_of, confirms = m.confirms, '
+                        "verifies = m.verifies, reference_for = m.reference_for, drafted_on = m.drafted_on, "
+                        "touched = m.touched, notes = m.notes, extra = m.extra "
+                        "FROM _v3_moved m WHERE experiments.id = m.id")
+        finally:
+            con.unregister("_v3_moved")
     con.execute("CREATE INDEX experiments_by_run ON experiments (run_id)")
 
 
