@@ -12,16 +12,19 @@ import logging
 import threading
 from concurrent.futures import CancelledError, Future
 
+from results.metric import Metric
+
 from .llm import CallInfo, Client, LlmError, Message
 from .orchestrator import Orchestrator
 from .proposer import Outcome, Proposal, ProposalError, ProposalRequest, ProposerContext
+from .tools import short_goal
 from .worker import Context, Worker
 
 log = logging.getLogger("autoresearch.agents")
 
-MEMORY_SYSTEM = ("You keep a research notebook for a team improving a small GPT training program (val_bpb, lower "
-                 "is better). Given one finished experiment, write the lesson in one or two sentences: what was "
-                 "changed, what happened, and what it suggests. No preamble.")
+MEMORY_SYSTEM = ("You keep a research notebook for a team improving a small GPT training program ({goal}). Given "
+                 "one finished experiment, write the lesson in one or two sentences: what was changed, what "
+                 "happened, and what it suggests. No preamble.")
 SHUTDOWN_GRACE_S = 20.0  # memories still being written when the supervisor stops
 
 
@@ -41,6 +44,7 @@ class LlmProposer:
         self._results = 0
         self._orchestrating = False
         self._history: tuple = ()  # every lane's experiments, from the latest request
+        self._metric = Metric()  # what they are judged by, from the latest request
         self._tasks: set[asyncio.Task] = set()  # memories and the orchestrator
         self._in_flight: set[Future] = set()  # proposals being drafted
         self._loop = asyncio.new_event_loop()
@@ -100,7 +104,7 @@ class LlmProposer:
 
     async def _propose(self, request: ProposalRequest) -> Proposal:
         context = self.context
-        self._history = request.history
+        self._history, self._metric = request.history, request.metric
         direction = self.orchestrator.direction(request.lane)
         memories = context.recall(direction, 5) if context is not None else []
         tried = {p.change: f"as '{p.description}', {p.status}" + (f", {p.decision}" if p.decision else "")
@@ -133,7 +137,7 @@ class LlmProposer:
         if self._results % self.orchestrate_every == 0 and not self._orchestrating:
             self._orchestrating = True
             try:
-                await self.orchestrator.reassign(self._history)  # as of the latest request
+                await self.orchestrator.reassign(self._history, self._metric)  # as of the latest request
             finally:
                 self._orchestrating = False
 
@@ -141,10 +145,11 @@ class LlmProposer:
         value = f"{outcome.val_bpb:.6f}" if outcome.val_bpb is not None else "no result"
         reference = f"{outcome.reference:.6f}" if outcome.reference is not None else "unknown"
         facts = (f"Change: {outcome.description}\nHypothesis: {outcome.hypothesis or '-'}\n"
-                 f"Direction: {outcome.direction or '-'}\nStatus: {outcome.status}\nval_bpb: {value} "
+                 f"Direction: {outcome.direction or '-'}\nStatus: {outcome.status}\n{self._metric.name}: {value} "
                  f"(frontier {reference})\nDecision: {outcome.decision} ({outcome.reason})")
         try:
-            reply = await self.client.complete(MEMORY_SYSTEM, [Message("user", facts)], [],
+            reply = await self.client.complete(MEMORY_SYSTEM.format(goal=short_goal(self._metric)),
+                                               [Message("user", facts)], [],
                                                CallInfo("memory", outcome.lane, outcome.experiment_id))
             text = " ".join(reply.text.split())[:1000]
         except LlmError as e:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 
 from .llm import CallInfo, Client, LlmError, Message, Tool
+from results.metric import Metric
+
 from .proposer import PastExperiment
-from .tools import history_table
+from .tools import history_table, short_goal
 
 log = logging.getLogger("autoresearch.orchestrator")
 
@@ -26,7 +28,7 @@ DIRECTIONS = (
 
 SYSTEM = """\
 You coordinate {lanes} research lanes that each run one training experiment at a time on \
-their own GPU, improving a small GPT training program (val_bpb, lower is better). Read the \
+their own GPU, improving a small GPT training program ({goal}). Read the \
 history and give every lane a research direction for its next experiments: directions that \
 differ from each other, favour what has been paying off, and leave what keeps failing. Call \
 the assign tool once."""
@@ -47,14 +49,15 @@ class Orchestrator:
     def direction(self, lane: int) -> str:
         return self.directions.get(lane, DIRECTIONS[lane % len(DIRECTIONS)])
 
-    async def reassign(self, history: tuple[PastExperiment, ...]) -> bool:
+    async def reassign(self, history: tuple[PastExperiment, ...], metric: Metric = Metric()) -> bool:
         """Ask the model for new directions; True when it gave usable ones. A failure keeps
         the current directions: lanes never wait for the orchestrator."""
         current = "\n".join(f"lane {lane}: {text}" for lane, text in sorted(self.directions.items()))
-        prompt = (f"History, oldest first (description | val_bpb | status | decision):\n{history_table(history, 60)}"
+        prompt = (f"History, oldest first (description | {metric.name} | status | decision):\n"
+                  f"{history_table(history, 60, metric)}"
                   f"\n\nCurrent directions:\n{current}")
         try:
-            reply = await self.client.complete(SYSTEM.format(lanes=self.lanes), [Message("user", prompt)], [ASSIGN],
+            reply = await self.client.complete(SYSTEM.format(lanes=self.lanes, goal=short_goal(metric)), [Message("user", prompt)], [ASSIGN],
                                                CallInfo("orchestrator"))
         except LlmError as e:
             log.warning("the orchestrator could not be asked (%s); directions stay", e)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from results.metric import Metric
 from results.records import LlmCall
 
 
@@ -30,7 +31,7 @@ class PastExperiment:
 
     description: str
     change: str | None  # the proposer's own key for the change, when it gave one
-    val_bpb: float | None
+    val_bpb: float | None  # the research metric's value (val_bpb unless the target says otherwise)
     status: str  # ok, crash, oom, ...
     decision: str | None  # keep, discard, or None while undecided
     notes: dict = field(default_factory=dict)  # what its proposer recorded with it (Proposal.extra)
@@ -43,8 +44,9 @@ class ProposalRequest:
     parent_commit: str
     editable_files: tuple[str, ...]  # relative to worktree
     history: tuple[PastExperiment, ...] = ()  # oldest first, every lane's
-    frontier_val_bpb: float | None = None  # the parent's measured val_bpb on this lane's GPU model
+    frontier_val_bpb: float | None = None  # the parent's measured metric on this lane's GPU model
     attempt: int = 0  # how many proposals this lane has asked for before; varies the choice
+    metric: Metric = field(default_factory=Metric)  # what the experiments are judged by, and which way is better
 
 
 @dataclass(frozen=True)

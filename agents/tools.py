@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from results.metric import Direction, Metric
+
 from .changes import normalized_change
 from .editing import EditError, numbered, replace_snippet
 from .hyperparams import hyperparameters, set_hyperparameters
@@ -39,7 +41,7 @@ TOOLS = [
          {"type": "object", "properties": {"values": {"type": "object", "additionalProperties": {"type": "string"}}},
           "required": ["values"]}),
     Tool("query_history", "The experiments of this research line so far, every lane's: description, "
-                          "val_bpb, status and decision. Newest first.",
+                          "the measured result, status and decision. Newest first.",
          {"type": "object", "properties": {"limit": {"type": "integer"},
                                            "status": {"type": "string", "description": "only this status (ok, crash, ...)"},
                                            "contains": {"type": "string", "description": "description contains"}}}),
@@ -51,7 +53,7 @@ TOOLS = [
           "required": ["text"]}),
     Tool("submit", "Submit the current edit as this proposal's experiment; ends the proposal. "
                    "description: one line naming the change (e.g. 'MATRIX_LR 0.04 -> 0.03'); "
-                   "hypothesis: why it should lower val_bpb.",
+                   "hypothesis: why it should improve the result.",
          {"type": "object", "properties": {"description": {"type": "string"}, "hypothesis": {"type": "string"}},
           "required": ["description", "hypothesis"]}),
 ]
@@ -76,6 +78,7 @@ class Toolbox:
     remember_memory: Callable[[str, list[str]], None] = lambda text, tags: None
     originals: dict[str, str] = field(default_factory=dict)
     submission: Submission | None = None
+    metric: Metric = field(default_factory=Metric)
 
     def __post_init__(self):
         for path in self.editable:
@@ -144,7 +147,7 @@ class Toolbox:
         rows = rows[:max(1, min(int(limit or 20), 200))]
         if not rows:
             return "No experiments match."
-        return "\n".join(_history_line(p) for p in rows)
+        return "\n".join(_history_line(p, self.metric) for p in rows)
 
     def _tool_recall(self, query: str) -> str:
         found = self.recall_memories(str(query))
@@ -180,15 +183,31 @@ class Toolbox:
         return "Submitted."
 
 
-def _history_line(p: PastExperiment) -> str:
+def goal(metric: Metric) -> str:
+    """What the experiments are judged by, in the prompts' words."""
+    if metric == Metric():
+        return "val_bpb (validation bits per byte; lower is better)"
+    return f"{metric.name} ({metric.direction.value} is better)"
+
+
+def short_goal(metric: Metric) -> str:
+    return f"{metric.name}, {metric.direction.value} is better"
+
+
+def improve(metric: Metric) -> str:
+    """The verb a prompt asks for: lower val_bpb, raise accuracy."""
+    return f"{'lower' if metric.direction is Direction.LOWER else 'raise'} {metric.name}"
+
+
+def _history_line(p: PastExperiment, metric: Metric = Metric()) -> str:
     value = f"{p.val_bpb:.6f}" if p.val_bpb is not None else "-"
     decision = p.decision or "pending"
-    return f"{p.description} | val_bpb {value} | {p.status} | {decision}"
+    return f"{p.description} | {metric.name} {value} | {p.status} | {decision}"
 
 
-def history_table(history: tuple[PastExperiment, ...], limit: int) -> str:
+def history_table(history: tuple[PastExperiment, ...], limit: int, metric: Metric = Metric()) -> str:
     rows = list(history)[-limit:]
-    return "\n".join(_history_line(p) for p in rows) if rows else "(none yet)"
+    return "\n".join(_history_line(p, metric) for p in rows) if rows else "(none yet)"
 
 
 def transcript_line(role: str, content: str, **more) -> str:

@@ -17,7 +17,7 @@ from typing import Callable
 
 from .llm import CallInfo, Client, Message
 from .proposer import Proposal, ProposalError, ProposalRequest
-from .tools import TOOLS, Toolbox, history_table, transcript_line
+from .tools import TOOLS, Toolbox, goal, history_table, improve, transcript_line
 
 MAX_TURNS = 16  # model replies per proposal
 MAX_NUDGES = 2  # replies in a row with no tool call before giving up
@@ -26,15 +26,15 @@ HISTORY_ROWS = 30
 
 SYSTEM = """\
 You are a research engineer improving a small GPT training program. Each experiment trains \
-for a fixed wall-clock budget, then measures val_bpb (validation bits per byte; lower is \
-better). The harness, not you, runs the experiment and decides whether to keep it.
+for a fixed wall-clock budget, then measures {goal}. The harness, not you, runs the \
+experiment and decides whether to keep it.
 
 Rules:
 - Change only the editable file ({editable}). prepare.py (data, tokenizer, evaluation) is \
 fixed: you may read it, never change it.
 - Make one focused change per proposal, with a clear hypothesis, so its effect can be read.
 - The budget is wall-clock time: a change that makes each step slower must earn it back.
-- Simpler is better at equal val_bpb: removing code for the same result is a win.
+- Simpler is better at equal {metric}: removing code for the same result is a win.
 - Do not repeat an experiment that was already tried (the history lists them).
 - Use the tools to read and edit; when the edit is made, call submit with a one-line \
 description and your hypothesis. Your proposal ends there."""
@@ -65,8 +65,10 @@ class Worker:
     async def propose(self, request: ProposalRequest, context: Context) -> Proposal:
         box = Toolbox(request.worktree, request.editable_files, request.history, self.tried,
                       recall_memories=self.recall,
-                      remember_memory=lambda text, tags: self.remember(request.lane, text, tags))
-        system = SYSTEM.format(editable=", ".join(request.editable_files))
+                      remember_memory=lambda text, tags: self.remember(request.lane, text, tags),
+                      metric=request.metric)
+        system = SYSTEM.format(editable=", ".join(request.editable_files), goal=goal(request.metric),
+                               metric=request.metric.name)
         first = self._brief(request, context, box)
         messages = [Message("user", first)]
         transcript = [transcript_line("system", system), transcript_line("user", first)]
@@ -113,18 +115,19 @@ class Worker:
         code = box.originals[main]
         shown = code if len(code) <= MAX_CODE_CHARS else code[:MAX_CODE_CHARS] + \
             f"\n# ... (cut: {len(code)} characters in all; read the rest with read_file)"
-        measured = (f"measures val_bpb {request.frontier_val_bpb:.6f}" if request.frontier_val_bpb is not None
+        metric = request.metric
+        measured = (f"measures {metric.name} {request.frontier_val_bpb:.6f}" if request.frontier_val_bpb is not None
                     else "is being measured now")
         parts = [
             f"Your research direction: {context.direction}",
             f"The frontier (the best program so far) {measured}. Its {main}:",
             f"```python\n{shown}\n```",
-            f"Recent experiments, every lane's, oldest first (description | val_bpb | status | decision):\n"
-            f"{history_table(request.history, HISTORY_ROWS)}",
+            f"Recent experiments, every lane's, oldest first (description | {metric.name} | status | decision):\n"
+            f"{history_table(request.history, HISTORY_ROWS, metric)}",
         ]
         if context.memories:
             parts.append("What earlier experiments taught (memories):\n" + "\n".join(f"- {m}" for m in context.memories))
-        parts.append("Make one change in your direction that you expect to lower val_bpb, then submit it.")
+        parts.append(f"Make one change in your direction that you expect to {improve(metric)}, then submit it.")
         return "\n\n".join(parts)
 
     def _transcript_path(self, request: ProposalRequest) -> Path | None:

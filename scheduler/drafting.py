@@ -45,7 +45,8 @@ class Drafting:
             return
         request = ProposalRequest(lane=lane.index, worktree=lane.draft_dir, parent_commit=state.frontier,
                                   editable_files=self.config.target.editable, history=tuple(state.history),
-                                  frontier_val_bpb=self._frontier_value(lane.model), attempt=lane.attempts)
+                                  frontier_val_bpb=self._frontier_value(lane.model), attempt=lane.attempts,
+                                  metric=state.metric)
         lane.attempts += 1
         future = self.pool.submit(self._make_proposal, request)
         lane.next = DraftingSlot(future)

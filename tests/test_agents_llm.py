@@ -177,6 +177,18 @@ def test_a_proposal_edits_the_file_and_sees_the_task_the_history_and_its_directi
     assert "Done: VALUE = 0.8" in _text_of(server.requests[1].body)
 
 
+def test_the_agent_is_told_which_metric_judges_it_and_which_way_is_better(tmp_path, keys):
+    from results.metric import Metric
+
+    request = ProposalRequest(**{**_draft(tmp_path).__dict__, "metric": Metric("accuracy", "higher")})
+    with OpenAIServer([SET, SUBMIT]) as server:
+        _propose(server, request, tmp_path)
+    first = _text_of(server.requests[0].body)
+    assert "accuracy (higher is better)" in first and "raise accuracy" in first
+    assert "measures accuracy 1.000000" in first and "VALUE 1.0 -> 0.5 | accuracy 0.500000" in first
+    assert "lower val_bpb" not in first and "val_bpb (validation" not in first and "equal val_bpb" not in first
+
+
 def test_a_rate_limit_is_waited_out_as_the_server_asks_and_every_attempt_is_a_row(tmp_path, keys):
     request = _draft(tmp_path)
     calls = []
