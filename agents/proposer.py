@@ -35,6 +35,7 @@ class PastExperiment:
     status: str  # ok, crash, oom, ...
     decision: str | None  # keep, discard, or None while undecided
     notes: dict = field(default_factory=dict)  # what its proposer recorded with it (Proposal.extra)
+    parent: str | None = None  # the commit it was drafted on: a change tried there may be tried again elsewhere
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import json
 
 from .memory_index import terms
 from .metric import Direction, Metric, delta, starting_points
-from .records import Decision, DecisionSource, Experiment, Kind, LeaderboardRow, Memory, Status, SUMMARY_COLUMNS
+from .records import (Decision, DecisionSource, Experiment, Kind, LeaderboardRow, Memory, NoiseRow, Status,
+                      SUMMARY_COLUMNS)
 
 _EXPERIMENT_FIELDS = [
     "id", "run_id", "lane", "kind", "gpu_index", "gpu_uuid", "gpu_name", "worktree", "branch",
@@ -86,6 +87,23 @@ def metric_of(con, run_id: str | None = None) -> Metric:
         return Metric.from_config(json.loads(config) if isinstance(config, str) else config)
     except ValueError:
         return Metric()
+
+
+def noise(con, run_id: str | None = None) -> list[NoiseRow]:
+    """The last noise estimate per GPU model of a session (the latest session's, without an id)."""
+    if run_id is None:
+        rows = con.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()
+        if not rows:
+            return []
+        run_id = rows[0][0]
+    rows = con.execute(
+        "SELECT detail FROM events WHERE run_id = ? AND kind = 'noise' ORDER BY id", [run_id]).fetchall()
+    latest: dict[str, NoiseRow] = {}
+    for (detail,) in rows:
+        d = json.loads(detail) if isinstance(detail, str) else detail
+        latest[d["gpu_model"]] = NoiseRow(d["gpu_model"], d.get("sigma"), int(d.get("dof") or 0), d.get("sigma_used"),
+                                          d.get("margin"))
+    return list(latest.values())
 
 
 def recall(con, query: str, k: int = 5, k1: float = 1.2, b: float = 0.75) -> list[Memory]:

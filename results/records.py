@@ -183,7 +183,7 @@ class Memory:
 
 @dataclass(frozen=True)
 class Event:
-    """Anything else worth a row: overrides, pauses, promotions, errors."""
+    """Anything else worth a row: overrides, pauses, promotions, errors, the noise estimate."""
 
     t: datetime
     run_id: str
@@ -206,3 +206,14 @@ class LeaderboardRow:
     lane: int
     description: str
     peak_vram_mb: float | None
+
+
+@dataclass(frozen=True)
+class NoiseRow:
+    """The latest run-to-run noise estimate of a session on one GPU model, from its events."""
+
+    gpu_model: str
+    sigma: float | None
+    dof: int
+    sigma_used: float | None  # what margins used: the upper confidence bound while dof were few
+    margin: float | None  # the improvement a single run needed over the frontier

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .metric import Metric, running_best
-from .records import Decision, Experiment, LeaderboardRow, Status
+from .records import Decision, Experiment, LeaderboardRow, NoiseRow, Status
 
 
 def tsv_header(metric: Metric) -> str:
@@ -56,6 +56,19 @@ def leaderboard_table(rows: list[LeaderboardRow], width: int = 100, metric: Metr
         lines.append(f"{r.rank:>3}  {r.experiment_id:>5}  {value:>10}  {delta:>9}  {r.status.value:<11}  "
                      f"{decision:<8}  {r.lane:>4}  {description}")
     return "\n".join(lines) + "\n"
+
+
+def noise_lines(rows: list[NoiseRow]) -> str:
+    """What every keep and discard was measured against, per GPU model."""
+    out = []
+    for r in rows:
+        if r.sigma is None:
+            out.append(f"noise on {r.gpu_model}: not measured (no code ran twice)\n")
+            continue
+        bound = f", {r.sigma_used:.4f} used at few dof" if r.sigma_used not in (None, r.sigma) else ""
+        margin = f"; a single run had to beat the frontier by {r.margin:.4f}" if r.margin is not None else ""
+        out.append(f"noise on {r.gpu_model}: sigma {r.sigma:.4f} from {r.dof} dof{bound}{margin}\n")
+    return "".join(out)
 
 
 def _jsonable(value):

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from . import queries
 from .memory_index import index_terms
-from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory,
+from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory, NoiseRow,
                       MetricPoint, Run, SUMMARY_COLUMNS)
 from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
 
@@ -179,13 +179,14 @@ class Store:
                 self._snapshots.request()
 
     def record_decision(self, experiment_id: int, decision: Decision, source: DecisionSource,
-                        reason: str, run_id: str, by: str = "") -> None:
-        """`by`: who gave a person's decision ("ada via tui"), in its events row like every override."""
+                        reason: str, run_id: str, by: str = "", judgement: dict | None = None) -> None:
+        """`by`: who gave a person's decision ("ada via tui"), in its events row like every override;
+        `judgement`: the rule that decided and its numbers (delta, margin, sigma, dof), likewise."""
         with self._lock:
             self.con.execute(
                 "UPDATE experiments SET decision = ?, decision_source = ?, decision_reason = ? WHERE id = ?",
                 [decision.value, source.value, reason, experiment_id])
-            detail = {"reason": reason, **({"by": by} if by else {})}
+            detail = {"reason": reason, **({"by": by} if by else {}), **(judgement or {})}
             self.add_event(Event(t=utcnow(), run_id=run_id, kind=f"decision:{decision.value}",
                                  source=source.value, experiment_id=experiment_id, detail=detail))
             self._snapshots.request()
@@ -539,6 +540,9 @@ class Reader:
 
     def recall(self, query: str, k: int = 5) -> list[Memory]:
         return queries.recall(self.con, query, k)
+
+    def noise(self, run_id: str | None = None) -> list[NoiseRow]:
+        return queries.noise(self.con, run_id)
 
     def export_parquet(self, folder: Path) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="go on with the latest tag in the log (runs a crash interrupted are run again)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of these settings")
     parser.add_argument("--noise-floor", type=float, help="the least improvement ever kept (default 0.001)")
-    parser.add_argument("--baseline-runs", type=int, help="runs of the starting point per GPU model (default 2)")
+    parser.add_argument("--baseline-runs", type=int, help="runs of the starting point per GPU model, spread over "
+                        "the lanes, before anything is judged (default 4)")
+    parser.add_argument("--keep-rule", choices=["noise", "greedy"],
+                        help="noise: keep only beyond run-to-run noise, re-test close calls (default); greedy: "
+                             "upstream's rule, keep any measured improvement (for comparison)")
     parser.add_argument("--hung-seconds", type=float, help="stop a run silent this long (default 600)")
     parser.add_argument("--timeout", type=float, dest="timeout_seconds", metavar="SECONDS",
                         help="stop a run this long after it started (default: twice the budget plus 120)")
@@ -87,7 +91,8 @@ def report(argv: list[str]) -> int:
             if args.format == "table":
                 rows = reader.leaderboard(args.run, args.limit or None)
                 note = " (live: from the latest snapshot)" if reader.live else ""
-                sys.stdout.write(f"{args.db}{note}: {metric.label}\n" + fmt.leaderboard_table(rows, metric=metric))
+                sys.stdout.write(f"{args.db}{note}: {metric.label}\n" + fmt.leaderboard_table(rows, metric=metric)
+                                 + fmt.noise_lines(reader.noise(args.run)))
             elif args.format == "tsv":
                 sys.stdout.write(fmt.results_tsv(reader.experiments(args.run), metric))
             else:

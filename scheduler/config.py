@@ -9,6 +9,8 @@ Example `autoresearch.toml` (every key optional):
     max_experiments = 100
     review = false
     noise_floor = 0.001       # the least val_bpb improvement ever kept
+    baseline_runs = 4         # runs of the starting point per GPU model before judging
+    keep_rule = "noise"       # noise | greedy (upstream's rule, for comparison)
     hung_seconds = 600
     [target]                  # what the lanes edit and run
     editable = ["train.py"]
@@ -53,7 +55,8 @@ class Config:
     review: bool = False
     resume: bool = False
     noise_floor: float = 0.001
-    baseline_runs: int = 2  # per GPU model, at the least: two runs give a first noise estimate
+    baseline_runs: int = 4  # the starting point's runs per GPU model, spread over lanes: 3 dof of noise
+    keep_rule: str = "noise"  # noise (ours) | greedy (upstream's: any measured improvement, for comparison)
     hung_seconds: float = 600.0  # a first torch.compile can be silent for minutes
     timeout_seconds: float | None = None  # default: twice the budget plus 2 minutes (upstream: 10 min for 5)
     kill_grace_seconds: float = 10.0
@@ -143,6 +146,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"baseline_runs must be a whole number of at least 1, not {config.baseline_runs!r}.")
     if not isinstance(config.noise_floor, (int, float)) or config.noise_floor < 0:
         raise ConfigError(f"noise_floor must be a number of at least 0, not {config.noise_floor!r}.")
+    if config.keep_rule not in ("noise", "greedy"):
+        raise ConfigError(f"keep_rule must be noise or greedy, not {config.keep_rule!r}.")
     if config.target.direction not in ("lower", "higher"):
         raise ConfigError(f"target.direction must be lower or higher, not {config.target.direction!r}.")
     try:

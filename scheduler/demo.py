@@ -23,7 +23,7 @@ from .config import Config
 
 DEMO_GPUS = "cpu:2"
 DEMO_BUDGET = 20.0  # seconds of training per experiment: long enough for changes to show
-DEMO_EXPERIMENTS = 8  # two baselines, then six proposals
+DEMO_EXPERIMENTS = 10  # four baselines (two on each lane), then six proposals
 # The demo varies the learning rates only. A change of model size changes the step time, and
 # on two shared CPU cores the step count of a 20-second run already varies by 10-15%: the
 # comparison would mostly measure the machine. A learning rate keeps the step time, so what is

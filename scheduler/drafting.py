@@ -105,9 +105,9 @@ class Drafting:
         if forbidden:
             return f"changes {', '.join(forbidden)}, which only a person may edit"
         if exp.change:
-            first = self.state.changes.setdefault(exp.change, exp.id)
+            first = self.state.changes.setdefault((exp.change, exp.parent_commit or ""), exp.id)
             if first != exp.id:
-                return f"the same change as #{first}, which was tried already"
+                return f"the same change as #{first}, which was tried on this frontier already"
         return None
 
     def _failed(self, lane: Lane, error: Exception) -> None:
@@ -173,8 +173,9 @@ class Drafting:
         if new is None:
             self.ledger.save(replace(exp, status=Status.REJECTED, finished_at=utcnow(),
                                      error=f"conflicts with the new frontier {frontier[:8]}; drafted again"))
-            if exp.change and self.state.changes.get(exp.change) == exp.id:
-                del self.state.changes[exp.change]  # it never ran: proposing it again on the new frontier is fair
+            key = (exp.change or "", exp.parent_commit or "")
+            if self.state.changes.get(key) == exp.id:
+                del self.state.changes[key]  # it never ran: proposing it again is fair
             return None
         self.ledger.keep_commit(exp.id, new)
         return replace(exp, commit=new, parent_commit=frontier, drafted_on=exp.drafted_on or exp.parent_commit)

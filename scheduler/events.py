@@ -14,7 +14,7 @@ from pathlib import Path
 
 from results.records import DecisionSource, Experiment, GpuSample
 
-from .noise import Ruling
+from .noise import Rule, Ruling
 from .runparse import Progress
 from .state import LaneState
 
@@ -68,12 +68,28 @@ class Decided:
     decision: Ruling  # keep | discard | confirm (run it again first)
     source: DecisionSource
     reason: str
-    delta: float | None = None
-    margin: float | None = None
+    delta: float | None = None  # reference - candidate, as scores (positive: the candidate is better)
+    margin: float | None = None  # the improvement it needed to be kept
+    rule: Rule | None = None  # which rule decided (scheduler/noise.py)
+    sigma: float | None = None  # the noise estimate the comparison used, and its degrees of freedom
+    dof: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decision", Ruling(self.decision))
         object.__setattr__(self, "source", DecisionSource(self.source))
+        if self.rule is not None:
+            object.__setattr__(self, "rule", Rule(self.rule))
+
+
+@dataclass(frozen=True)
+class NoiseEstimated:
+    """The run-to-run noise on a GPU model changed: a new replica, a confirmation, a run set aside."""
+
+    gpu_model: str
+    sigma: float | None  # the pooled estimate
+    dof: int
+    sigma_used: float | None  # what margins use (its upper confidence bound while dof are few)
+    margin: float  # the improvement a single run needs over the frontier now
 
 
 @dataclass(frozen=True)
@@ -128,11 +144,12 @@ class Finished:
     detail: dict = field(default_factory=dict)
 
 
-Event = (LaneChanged | ProposalReady | RunStarted | RunProgress | RunFinished | Decided | FrontierAdvanced
-         | GpuSampled | LlmCallFinished | Notice | Finished)
+Event = (LaneChanged | ProposalReady | RunStarted | RunProgress | RunFinished | Decided | NoiseEstimated
+         | FrontierAdvanced | GpuSampled | LlmCallFinished | Notice | Finished)
 
 _NAMES = {LaneChanged: "lane", ProposalReady: "proposal", RunStarted: "run_started", RunProgress: "progress",
-          RunFinished: "run_finished", Decided: "decision", FrontierAdvanced: "frontier", GpuSampled: "gpu",
+          RunFinished: "run_finished", Decided: "decision", NoiseEstimated: "noise",
+          FrontierAdvanced: "frontier", GpuSampled: "gpu",
           LlmCallFinished: "llm_call", Notice: "notice", Finished: "finished"}
 
 

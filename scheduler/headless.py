@@ -58,8 +58,12 @@ def describe(event, metric: Metric | None = None) -> str | None:
             return m if level is events.Level.INFO else f"{level.value}: {m}"
         case events.ProposalReady(lane=lane, experiment=e):
             return f"lane {lane}: proposal #{e.id} ready: {e.description}"
-        case events.Finished(reason=r, experiments=n, frontier=f):
-            return f"finished ({r}): {n} experiment(s) run, frontier {f[:8]}"
+        case events.Finished(reason=r, experiments=n, frontier=f, detail=detail):
+            noise = "".join(f"; noise on {model}: sigma {d['sigma']:.4f} from {d['dof']} dof"
+                            for model, d in detail.get("noise", {}).items() if d.get("sigma") is not None)
+            return f"finished ({r}): {n} experiment(s) run, frontier {f[:8]}{noise}"
+        case events.NoiseEstimated(gpu_model=model, sigma=sigma, dof=dof, margin=margin) if sigma is not None:
+            return f"noise on {model}: sigma {sigma:.4f} from {dof} dof; a run must beat the frontier by {margin:.4f}"
     return None
 
 

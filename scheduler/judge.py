@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from results.records import Decision, Experiment, Kind, Status
 
-from .noise import Policy, Ruling
+from .noise import DISTURBED_BELOW, MAX_FRONTIER_RUNS, GreedyPolicy, Policy, Rule, Ruling, Verdict, throughput
 from .state import ResearchState
 
 BASELINE_FAILURES_BEFORE_STOPPING = 2
@@ -22,17 +22,19 @@ BASELINE_FAILURES_BEFORE_STOPPING = 2
 class Decide:
     experiment_id: int
     decision: Decision
+    rule: Rule
     reason: str
+    verdict: Verdict | None = None  # the numbers behind it, when noise decided
 
 
 @dataclass(frozen=True)
 class Confirm:
-    """A win too close to the margin to tell: announced, and run again (a `Queue` follows)."""
+    """Not decided yet: announced, and run again (a `Queue` follows)."""
 
     experiment_id: int
+    rule: Rule  # RETEST or DISTURBED
     reason: str
-    delta: float | None
-    margin: float | None
+    verdict: Verdict | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Promote:
 
     experiment_id: int
     reason: str
+    verdict: Verdict | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ Action = Decide | Confirm | Queue | Promote | FrontierFailed
 
 
 class Judge:
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy | GreedyPolicy):
         self.policy = policy
 
     def result(self, state: ResearchState, exp: Experiment) -> list[Action]:
@@ -75,14 +78,17 @@ class Judge:
         if exp.decision is not None:
             return []  # a person already decided (discarded it while it ran)
         if exp.status is not Status.OK:
-            actions: list[Action] = [Decide(exp.id, Decision.DISCARD, f"{exp.status.value}: {exp.error or 'failed'}")]
+            actions: list[Action] = [Decide(exp.id, Decision.DISCARD, Rule.FAILED,
+                                            f"{exp.status.value}: {exp.error or 'failed'}")]
             if exp.kind is Kind.BASELINE and exp.status is not Status.KILLED:
                 key = (exp.commit or "", exp.gpu_name or "")
                 failures = state.baseline_failures.get(key, 0) + 1
                 actions.append(FrontierFailed(exp.id, key, failures, failures >= BASELINE_FAILURES_BEFORE_STOPPING))
             return actions
         if exp.kind is Kind.BASELINE:
-            actions = [Decide(exp.id, Decision.KEEP, "baseline: the frontier as it is")]
+            slow = self._disturbed_among_replicas(state, exp)
+            reason = "baseline: the frontier as it is" + (f" ({slow}; set aside and run again)" if slow else "")
+            actions = [Decide(exp.id, Decision.KEEP, Rule.BASELINE, reason)]
             waiting = state.experiments.get(exp.reference_for) if exp.reference_for is not None else None
             if waiting is not None and waiting.decision is None:
                 actions += self.result(state, waiting)  # its reference is measured now
@@ -90,38 +96,87 @@ class Judge:
         # A confirmation or a rerun is judged together with the experiment it repeats.
         original = state.original(exp)
         model = exp.gpu_name or ""
-        reference = state.reference(original.parent_commit, model)
-        if reference is None:
+        reference = state.measurements.of(original.parent_commit, model) if original.parent_commit else []
+        if not reference:
             # Its parent was never measured on this GPU model: measure it, then judge again.
-            parent = original.parent_commit
-            return [Queue(Experiment(run_id=state.run_id, lane=-1, kind=Kind.BASELINE, commit=parent,
-                                     parent_commit=parent, gpu_name=model, reference_for=exp.id,
-                                     description=f"baseline: {(parent or '')[:7]} on {model} (reference for #{exp.id})"))]
-        verdict = self.policy.judge(state.measurements.of(original.commit, model), reference,
-                                    state.measurements.sigma(model))
-        if verdict.action is Ruling.CONFIRM:
-            return [Confirm(original.id, verdict.reason, verdict.delta, verdict.margin),
-                    Queue(Experiment(run_id=state.run_id, lane=-1, kind=Kind.CONFIRM, commit=original.commit,
-                                     parent_commit=original.parent_commit, gpu_name=model,
-                                     hypothesis=original.hypothesis, agent=original.agent, confirms=original.id,
-                                     change=original.change,
-                                     description=f"confirm #{original.id}: {original.description}"))]
-        actions = []
-        if exp is not original:
-            actions.append(Decide(exp.id, Decision(verdict.action.value), f"{verdict.reason} (with #{original.id})"))
+            return [self._reference_run(state, original.parent_commit, model, exp.id)]
+        slow = self._disturbed_against_parent(state, original, model)
+        if slow:
+            return self.again(state, original, Rule.DISTURBED, f"{slow}: the machine, not the change; running it "
+                                                                f"again", None)
+        runs = state.measurements.of(original.commit, model)
+        verdict = self.policy.judge(runs, reference, state.measurements.noise(model))
+        attempts = state.measurements.attempts(original.commit, model)
+        if verdict.action is Ruling.CONFIRM and len(reference) < min(len(runs), MAX_FRONTIER_RUNS):
+            # The reference is now the less certain side of the difference: measure it again.
+            return [Confirm(original.id, verdict.rule, f"{verdict.reason}; measuring its reference again", verdict),
+                    self._reference_run(state, original.parent_commit, model, exp.id)]
+        if verdict.action is Ruling.CONFIRM and attempts <= self.policy.max_runs:
+            return self.again(state, original, verdict.rule, f"{verdict.reason}; running it again", verdict)
+        if verdict.action is Ruling.CONFIRM:  # disturbed again and again: noise has its say
+            verdict = Verdict(Ruling.DISCARD, Rule.WITHIN_NOISE, f"{verdict.reason}; not decided after {attempts} runs",
+                              verdict.delta, verdict.margin, verdict.noise)
+        # Its confirmations share its fate, each said with the numbers of the final judgement.
+        actions: list[Action] = [Decide(run.id, Decision(verdict.action.value), verdict.rule,
+                                        f"{verdict.reason} (with #{original.id})", verdict)
+                                 for run in state.experiments.values()
+                                 if run.confirms == original.id and run.decision is None and run.status is Status.OK]
         if verdict.action is Ruling.KEEP:
-            actions.append(Promote(original.id, verdict.reason))
+            actions.append(Promote(original.id, verdict.reason, verdict))
         else:
-            actions.append(Decide(original.id, Decision.DISCARD, verdict.reason))
+            actions.append(Decide(original.id, Decision.DISCARD, verdict.rule, verdict.reason, verdict))
         return actions
 
-    def beats_frontier(self, state: ResearchState, exp: Experiment) -> bool:
-        """Whether the experiment, as measured, beats the current frontier's own measurement by
-        the margin (on its GPU model): a winner that conflicts with a moved frontier may then
-        take its place."""
+    def against_frontier(self, state: ResearchState, exp: Experiment) -> Verdict | None:
+        """How the experiment, as measured, compares with the current frontier's own runs (on
+        its GPU model): a winner that conflicts with a moved frontier takes its place only if it
+        beats it; None when either was never measured there."""
         model = exp.gpu_name or ""
-        frontier = state.reference(state.frontier, model)
+        frontier = state.measurements.of(state.frontier, model)
         runs = state.measurements.of(exp.commit, model) if exp.commit else []
-        if frontier is None or not runs:
-            return False
-        return self.policy.judge(runs, frontier, state.measurements.sigma(model)).action is Ruling.KEEP
+        if not frontier or not runs:
+            return None
+        verdict = self.policy.judge(runs, frontier, state.measurements.noise(model))
+        if verdict.action is Ruling.CONFIRM and state.measurements.attempts(exp.commit, model) > self.policy.max_runs:
+            return Verdict(Ruling.DISCARD, Rule.WITHIN_NOISE, verdict.reason, verdict.delta, verdict.margin,
+                           verdict.noise)
+        return verdict
+
+    @staticmethod
+    def again(state: ResearchState, original: Experiment, rule: Rule, reason: str,
+              verdict: Verdict | None) -> list[Action]:
+        """Run the experiment again as it is, ahead of the queue, and say why."""
+        return [Confirm(original.id, rule, reason, verdict),
+                Queue(Experiment(run_id=state.run_id, lane=-1, kind=Kind.CONFIRM, commit=original.commit,
+                                 parent_commit=original.parent_commit, gpu_name=original.gpu_name,
+                                 hypothesis=original.hypothesis, agent=original.agent, confirms=original.id,
+                                 change=original.change, description=f"confirm #{original.id}: {original.description}"))]
+
+    @staticmethod
+    def _reference_run(state: ResearchState, parent: str | None, model: str, waiting: int) -> Queue:
+        """A run of the parent as it is, after which the waiting experiment is judged again."""
+        return Queue(Experiment(run_id=state.run_id, lane=-1, kind=Kind.BASELINE, commit=parent, parent_commit=parent,
+                                gpu_name=model, reference_for=waiting,
+                                description=f"baseline: {(parent or '')[:7]} on {model} (reference for #{waiting})"))
+
+    @staticmethod
+    def _disturbed_against_parent(state: ResearchState, original: Experiment, model: str) -> str | None:
+        """A first run of new code that trained far slower than its parent's runs ever did: the
+        machine was loaded, and the result says nothing about the change. Once the code has
+        run twice, its own runs are compared with each other instead (Measurements.trusted)."""
+        if not original.commit or state.measurements.attempts(original.commit, model) != 1:
+            return None
+        own = state.measurements.best_throughput(original.commit, model)
+        parent = state.measurements.best_throughput(original.parent_commit or "", model)
+        if own is None or parent is None or own >= DISTURBED_BELOW * parent:
+            return None
+        return f"it trained at {own / parent:.0%} of its parent's throughput"
+
+    @staticmethod
+    def _disturbed_among_replicas(state: ResearchState, exp: Experiment) -> str | None:
+        model = exp.gpu_name or ""
+        own = throughput(exp.summary)
+        best = state.measurements.best_throughput(exp.commit or "", model)
+        if own is None or best is None or own >= DISTURBED_BELOW * best:
+            return None
+        return f"disturbed: it trained at {own / best:.0%} of the fastest replica's throughput"

@@ -14,7 +14,7 @@ from results.records import Decision, DecisionSource, Event as StoredEvent, Expe
 from results.store import Store, utcnow
 
 from . import events
-from .noise import Ruling
+from .noise import GreedyPolicy, Noise, Policy, Rule, Ruling, Verdict, throughput
 from .state import Lane, ResearchState
 
 log = logging.getLogger("autoresearch.supervisor")
@@ -22,12 +22,14 @@ log = logging.getLogger("autoresearch.supervisor")
 
 class Ledger:
     def __init__(self, state: ResearchState, store: Store, branch: str, keep_commit: Callable[[int, str], None],
-                 sink: Callable[[events.Event], None], observe: Callable[[Experiment], None]):
-        self.state, self.store, self.branch = state, store, branch
+                 sink: Callable[[events.Event], None], observe: Callable[[Experiment], None],
+                 policy: Policy | GreedyPolicy):
+        self.state, self.store, self.branch, self.policy = state, store, branch, policy
         self.keep_commit = keep_commit  # (id, commit): a ref per experiment, so git never collects its commit
         self._sink = sink
         self._observe = observe  # a proposer that learns is told of every decision
         self._deferred: list[tuple[Callable, tuple]] = []
+        self._noise: dict[str, Noise] = {}  # the last estimate told, per GPU model
 
     # -- consumers -------------------------------------------------------------------------------
 
@@ -75,23 +77,51 @@ class Ledger:
             return
         value = state.value(exp)
         if exp.status is Status.OK and value is not None and exp.commit and exp.gpu_name:
-            state.measurements.add(exp.commit, exp.gpu_name, state.metric.score(value))
+            state.measurements.add(exp.commit, exp.gpu_name, state.metric.score(value), throughput(exp.summary),
+                                   selected=exp.kind in (Kind.PROPOSAL, Kind.VERIFICATION))
+            self._noise_changed(exp.gpu_name)
         if exp.kind is Kind.PROPOSAL and exp.status.finished:
             state.history.append(PastExperiment(exp.description, exp.change, value, exp.status.value,
-                                                exp.decision.value if exp.decision else None, dict(exp.notes)))
+                                                exp.decision.value if exp.decision else None, dict(exp.notes),
+                                                exp.parent_commit))
 
-    def decide(self, exp: Experiment, decision: Decision, source: DecisionSource, reason: str,
-               by: str = "") -> Experiment:
+    def decide(self, exp: Experiment, decision: Decision, source: DecisionSource, reason: str, by: str = "",
+               rule: Rule | None = None, verdict: Verdict | None = None) -> Experiment:
         exp = replace(exp, decision=decision, decision_source=source, decision_reason=reason)
         self.state.experiments[exp.id] = exp
-        self.later(self.store.record_decision, exp.id, decision, source, reason, self.state.run_id, by)
-        self.emit(events.Decided(exp.id, Ruling(decision.value), source, reason))
+        rule = rule or (Rule.PERSON if source is DecisionSource.USER else None)
+        if exp.kind in (Kind.PROPOSAL, Kind.VERIFICATION) and exp.parent_commit and verdict is not None:
+            self.state.judged_against[exp.parent_commit] += 1  # the frontier earns more replicas
+        self.later(self.store.record_decision, exp.id, decision, source, reason, self.state.run_id, by,
+                   judgement(rule, verdict))
+        self.emit(decided(exp.id, Ruling(decision.value), source, reason, rule, verdict))
         history = self.state.history
         for i, past in enumerate(history):  # proposers learn from decisions, not just results
             if past.change is not None and past.change == exp.change and past.decision is None:
                 history[i] = replace(past, decision=decision.value)
         self._observe(exp)
         return exp
+
+    def confirm(self, experiment_id: int, rule: Rule, reason: str, verdict: Verdict | None) -> None:
+        """Not decided yet: it runs again. Told, and kept in the events table like a decision."""
+        self.emit(decided(experiment_id, Ruling.CONFIRM, DecisionSource.AUTO, reason, rule, verdict))
+        self.event("decision:confirm", DecisionSource.AUTO, experiment_id=experiment_id,
+                   detail={"reason": reason, **judgement(rule, verdict)})
+
+    def _noise_changed(self, model: str) -> None:
+        noise = self.state.measurements.noise(model)
+        if noise == self._noise.get(model):
+            return
+        self._noise[model] = noise
+        frontier_runs = max(1, self.state.measurements.count(self.state.frontier, model))
+        margin = self.policy.margin(noise, 1, frontier_runs)
+        self.emit(events.NoiseEstimated(model, noise.sigma, noise.dof, noise.used, margin))
+        self.event("noise", DecisionSource.AUTO, detail={"gpu_model": model, "sigma": noise.sigma, "dof": noise.dof,
+                                                         "sigma_used": noise.used, "margin": margin})
+
+    def noise_told(self) -> dict:
+        """The last noise estimate per GPU model, as numbers (the `finished` event carries it)."""
+        return {model: {"sigma": n.sigma, "dof": n.dof, "sigma_used": n.used} for model, n in self._noise.items()}
 
     def reject(self, exp: Experiment, why: str) -> Experiment:
         """A proposal that will never run: recorded, and learnt from."""
@@ -112,3 +142,22 @@ class Ledger:
                 write(*args)
             except Exception:  # noqa: BLE001 - ours; the traceback goes to the log
                 log.exception("writing %s to the store failed", getattr(write, "__name__", write))
+
+
+def decided(experiment_id: int, ruling: Ruling, source: DecisionSource, reason: str, rule: Rule | None,
+            verdict: Verdict | None) -> events.Decided:
+    noise = verdict.noise if verdict is not None else None
+    return events.Decided(experiment_id, ruling, source, reason,
+                          verdict.delta if verdict is not None else None,
+                          verdict.margin if verdict is not None else None, rule,
+                          noise.sigma if noise is not None else None, noise.dof if noise is not None else None)
+
+
+def judgement(rule: Rule | None, verdict: Verdict | None) -> dict:
+    """What a decision's events row keeps beside its reason: the rule, and the numbers."""
+    detail: dict = {"rule": rule.value} if rule is not None else {}
+    if verdict is not None:
+        detail.update(delta=verdict.delta, margin=verdict.margin)
+        if verdict.noise is not None:
+            detail.update(sigma=verdict.noise.sigma, dof=verdict.noise.dof, sigma_used=verdict.noise.used)
+    return detail

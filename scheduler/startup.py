@@ -28,7 +28,7 @@ from .workspace import Workspace, WorkspaceError
 log = logging.getLogger("autoresearch")
 
 _FLAG_NAMES = ("gpus", "agent", "base_url", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
-               "baseline_runs", "hung_seconds", "timeout_seconds", "seed")
+               "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed")
 
 
 class UsageError(Exception):

@@ -13,7 +13,7 @@ consumer ever learns "paused" from a message's text."""
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,9 +151,12 @@ class ResearchState:
     measurements: Measurements = field(default_factory=Measurements)
     experiments: dict[int, Experiment] = field(default_factory=dict)
     pending: deque[Experiment] = field(default_factory=deque)  # queued runs any lane of the right model may take
-    changes: dict[str, int] = field(default_factory=dict)  # a change's key -> the first experiment that made it
+    # (a change's key, the commit it was made on) -> the first experiment that made it there: the
+    # same change on a frontier that has moved since is a new experiment, and may be tried again
+    changes: dict[tuple[str, str], int] = field(default_factory=dict)
     history: list[PastExperiment] = field(default_factory=list)  # what proposers are told, oldest first
     baseline_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    judged_against: Counter[str] = field(default_factory=Counter)  # commit -> candidates decided against it
     max_experiments: int | None = None  # runs this session may start (follow-ups aside)
     started: int = 0  # runs started by this session
     finished: int = 0

@@ -41,7 +41,7 @@ from .inbox import (CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded, 
 from .judge import Action, Confirm, Decide, FrontierFailed, Judge, Promote, Queue
 from .launching import Launcher
 from .ledger import Ledger
-from .noise import Policy, Ruling
+from .noise import GreedyPolicy, Policy
 from .overrides import Overrides
 from .promotion import Promotion
 from .state import Lane, Quitting, Ready, ResearchState
@@ -65,9 +65,9 @@ class Supervisor:
         self.state = ResearchState(run_id=run_id, frontier=frontier, lanes=lanes,
                                    metric=config.metric,
                                    max_experiments=config.max_experiments)
+        self.judge = Judge(policy_for(config))
         self.ledger = Ledger(self.state, store, workspace.branch, workspace.keep_commit, sink,
-                             observe=lambda exp: self.drafting.observe(exp))
-        self.judge = Judge(Policy(floor=config.noise_floor))
+                             observe=lambda exp: self.drafting.observe(exp), policy=self.judge.policy)
         self.promotion = Promotion(self.state, workspace, self.ledger, self.judge)
         self.drafting = Drafting(self.state, config, workspace, proposer, self.inbox, self.ledger)
         self.overrides = Overrides(self.state, workspace, self.ledger, self.promotion)
@@ -182,7 +182,7 @@ class Supervisor:
             state.experiments[exp.id] = exp
             self.ledger.learn(exp)
             if exp.kind is Kind.PROPOSAL and exp.change and exp.status is not Status.REJECTED:
-                state.changes.setdefault(exp.change, exp.id)
+                state.changes.setdefault((exp.change, exp.parent_commit or ""), exp.id)
             if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
                 state.pending.append(self.ledger.new_experiment(Experiment(
                     run_id=self.run_id, lane=-1, kind=exp.kind, commit=exp.commit, parent_commit=exp.parent_commit,
@@ -259,10 +259,13 @@ class Supervisor:
         return None
 
     def _needs_baseline(self, model: str) -> bool:
-        """Two runs of the frontier give a first noise estimate; after that, one is enough to
-        measure a new frontier on a GPU model it was not measured on."""
+        """The starting point runs on every lane until the noise estimate has a few degrees of
+        freedom; after that every new frontier is run again until it has its own replicas (its
+        first measurement is the lucky one that got it kept), more of them as more candidates
+        are judged against it. Disturbed runs do not count."""
         state = self.state
-        wanted = self.config.baseline_runs if state.measurements.sigma(model) is None else 1
+        wanted = self.judge.policy.replicas_wanted(state.measurements.noise(model),
+                                                   state.judged_against[state.frontier])
         have = state.measurements.count(state.frontier, model)
         running = sum(1 for lane in state.lanes if lane.run is not None and lane.model == model
                       and lane.current.commit == state.frontier and lane.current.kind is Kind.BASELINE)
@@ -304,14 +307,16 @@ class Supervisor:
         state, ledger = self.state, self.ledger
         for action in actions:
             match action:
-                case Decide(experiment_id=n, decision=decision, reason=reason):
-                    ledger.decide(state.experiments[n], decision, DecisionSource.AUTO, reason)
-                case Confirm(experiment_id=n, reason=reason, delta=delta, margin=margin):
-                    ledger.emit(events.Decided(n, Ruling.CONFIRM, DecisionSource.AUTO, reason, delta, margin))
+                case Decide(experiment_id=n, decision=decision, rule=rule, reason=reason, verdict=verdict):
+                    ledger.decide(state.experiments[n], decision, DecisionSource.AUTO, reason, rule=rule,
+                                  verdict=verdict)
+                case Confirm(experiment_id=n, rule=rule, reason=reason, verdict=verdict):
+                    ledger.confirm(n, rule, reason, verdict)
                 case Queue(experiment=template):
                     state.pending.appendleft(ledger.new_experiment(template))
-                case Promote(experiment_id=n, reason=reason):
-                    self.promotion.promote(state.experiments[n], DecisionSource.AUTO, reason)
+                case Promote(experiment_id=n, reason=reason, verdict=verdict):
+                    self._apply(self.promotion.promote(state.experiments[n], DecisionSource.AUTO, reason,
+                                                       verdict=verdict))
                 case FrontierFailed():
                     self._frontier_failed(action)
                 case _:
@@ -360,7 +365,8 @@ class Supervisor:
         self.store.flush()
         state = self.state
         self.ledger.emit(events.Finished(state.exit_reason or "error", state.finished, state.frontier,
-                                         {"run_id": self.run_id, "branch": self.ws.branch}))
+                                         {"run_id": self.run_id, "branch": self.ws.branch,
+                                          "noise": self.ledger.noise_told()}))
 
     def _drain_records(self) -> None:
         """What the proposer sent while it closed (its last memories and LLM calls) is still
@@ -381,10 +387,17 @@ def _follow_up(exp: Experiment) -> bool:
     return exp.kind in (Kind.CONFIRM, Kind.VERIFICATION) or (exp.kind is Kind.BASELINE and exp.reference_for is not None)
 
 
+def policy_for(config: Config) -> Policy | GreedyPolicy:
+    if config.keep_rule == "greedy":
+        return GreedyPolicy()
+    return Policy(floor=config.noise_floor, baseline_runs=config.baseline_runs)
+
+
 def _config_record(config: Config, lanes: list[Lane]) -> dict:
     """What the runs table remembers of a session's configuration (never a secret)."""
     return {"gpus": [f"{lane.gpu.model}#{lane.gpu.index}" for lane in lanes], "agent": config.agent,
             "budget": config.budget, "review": config.review, "noise_floor": config.noise_floor,
+            "keep_rule": config.keep_rule, "baseline_runs": config.baseline_runs,
             "max_experiments": config.max_experiments, "target": {"editable": list(config.target.editable),
                                                                   "command": config.target.command,
                                                                   "metric": config.target.metric,

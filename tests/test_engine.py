@@ -37,9 +37,10 @@ def engine(tmp_path, proposer, *, gpus=None, sink=None, trainer_tail="", **setti
             f.write(trainer_tail)
         git(repo, "commit", "-qam", "the trainer prints more", "--author", "t <t@t>")
     # Generous limits by default, so a loaded machine never turns an ok run into a hung one;
-    # the test of every outcome tightens them.
+    # the test of every outcome tightens them. Two baselines (not the default four): these tests
+    # are about the plumbing, and the fake trainer has no noise to estimate.
     settings = {"budget": 1.0, "hung_seconds": 20.0, "timeout_seconds": 40.0, "kill_grace_seconds": 1.0,
-                "target": UPSTREAM_TARGET, **settings}
+                "target": UPSTREAM_TARGET, "baseline_runs": 2, **settings}
     config = Config(repo=repo, tag="t", **settings)
     store = Store(tmp_path / "log.duckdb")
     _OPEN_STORES.append(store)
@@ -108,8 +109,9 @@ def test_every_outcome_is_recorded_with_its_status_and_the_lanes_go_on(tmp_path)
         if isinstance(event, events.RunStarted) and event.experiment.description == "stopped by a person":
             holder["sup"].submit(control.StopRun(event.lane))
 
+    # Two baselines, every outcome but the rejected one, and the kept win's replica.
     sup, store, received = engine(tmp_path, ScriptedProposer(steps), sink=stop_the_slow_one,
-                                  max_experiments=2 + len(OUTCOMES) - 1, hung_seconds=3.0, timeout_seconds=6.0)
+                                  max_experiments=2 + len(OUTCOMES) - 1 + 1, hung_seconds=3.0, timeout_seconds=6.0)
     holder["sup"] = sup
     assert sup.run() == 0
     by_description = {e.description: e for e in store.experiments() if e.kind == "proposal"}
@@ -146,12 +148,15 @@ def test_a_win_advances_the_frontier_branch_and_the_log_agrees(tmp_path):
 
 
 def test_the_baselines_measure_noise_and_a_win_inside_it_is_confirmed_before_promotion(tmp_path, monkeypatch):
-    # Baselines 1.00 and 1.02: sigma 0.0141, margin 2 sigma = 0.0283. A result of 0.97 beats
-    # their mean by 0.04: a win, but within one sigma of the margin, so it is run again first.
+    # Baselines 1.00 and 1.02: sigma 0.0141 from 1 dof, whose 80% upper bound (x3.95) is
+    # 0.0558; one run against two needs 2.5 * 0.0558 * sqrt(1 + 1/2) = 0.1709. A result of 0.92
+    # beats their mean by 0.09: past one standard error, short of the margin, so it runs again.
+    # Its first run was picked for its luck and never counts in sigma; the re-runs (0.92
+    # again, twice) add a degree of freedom, the bound tightens, and it is kept over 3 runs.
     offsets = tmp_path / "offsets"
     offsets.write_text("0.0\n0.02\n")
     monkeypatch.setenv("AUTORESEARCH_FAKE_OFFSETS", str(offsets))
-    sup, store, received = engine(tmp_path, ScriptedProposer([{"VALUE": 0.97, "description": "close win"}]),
+    sup, store, received = engine(tmp_path, ScriptedProposer([{"VALUE": 0.92, "description": "close win"}]),
                                   max_experiments=4)
     assert sup.run() == 0
     rows = store.experiments()
@@ -160,8 +165,13 @@ def test_the_baselines_measure_noise_and_a_win_inside_it_is_confirmed_before_pro
     confirm = next(e for e in rows if e.kind == "confirm")
     assert confirm.confirms == win.id and confirm.commit == win.commit
     confirm_event = next(ev for ev in received if isinstance(ev, events.Decided) and ev.decision == "confirm")
-    assert confirm_event.experiment_id == win.id and confirm_event.margin == pytest.approx(0.0283, abs=1e-4)
-    assert win.decision is Decision.KEEP and "over 2 runs" in win.decision_reason
+    assert confirm_event.experiment_id == win.id and confirm_event.rule == "retest"
+    assert confirm_event.margin == pytest.approx(0.1709, abs=1e-4)
+    assert confirm_event.sigma == pytest.approx(0.0141, abs=1e-4) and confirm_event.dof == 1
+    assert win.decision is Decision.KEEP and "over 3 runs" in win.decision_reason
+    keep_event = next(ev for ev in received if isinstance(ev, events.Decided) and ev.experiment_id == win.id
+                      and ev.decision == "keep")
+    assert keep_event.dof == 2 and keep_event.delta == pytest.approx(0.09)
     assert git(sup.ws.root, "rev-parse", "autoresearch/t") == win.commit
     store.close()
 
@@ -170,13 +180,15 @@ def test_a_loss_within_noise_is_discarded_without_a_rerun(tmp_path, monkeypatch)
     offsets = tmp_path / "offsets"
     offsets.write_text("0.0\n0.02\n")
     monkeypatch.setenv("AUTORESEARCH_FAKE_OFFSETS", str(offsets))
-    sup, store, _ = engine(tmp_path, ScriptedProposer([{"VALUE": 0.99, "description": "tiny gain"}]),
-                           max_experiments=3)
+    sup, store, received = engine(tmp_path, ScriptedProposer([{"VALUE": 0.99, "description": "tiny gain"}]),
+                                  max_experiments=3)
     assert sup.run() == 0
     rows = store.experiments()
     gain = next(e for e in rows if e.description == "tiny gain")
-    assert gain.decision is Decision.DISCARD and "within the margin" in gain.decision_reason
+    assert gain.decision is Decision.DISCARD and "no better than noise" in gain.decision_reason
     assert not [e for e in rows if e.kind == "confirm"]
+    decided = next(ev for ev in received if isinstance(ev, events.Decided) and ev.experiment_id == gain.id)
+    assert decided.rule == "within-noise" and decided.delta == pytest.approx(0.02)
     store.close()
 
 
@@ -328,6 +340,32 @@ def test_a_better_change_to_what_the_frontier_just_changed_replaces_it(tmp_path)
     assert git(sup.ws.root, "rev-parse", f"{tip}^{{tree}}") == git(sup.ws.root, "rev-parse", f"{rows['a lot'].commit}^{{tree}}")
     advances = [e for e in received if isinstance(e, events.FrontierAdvanced)]
     assert advances[-1].commit == tip and advances[-1].experiment_id == rows["a lot"].id
+    store.close()
+
+
+def test_a_better_change_too_close_to_call_against_the_new_frontier_is_rerun_then_replaces_it(tmp_path, monkeypatch):
+    # The quick-start demo's case: the better change finishes second, and the frontier has
+    # changed the same line meanwhile. Against the frontier's one run (0.80), its own 0.70 is a
+    # win inside noise (sigma 0.0141 from the baselines' 1 dof, bound 0.0558: a re-test from
+    # 0.079, a keep from 0.197), so it is run again, not discarded; once its re-runs give sigma
+    # a second degree of freedom it clears the margin and the frontier takes its code.
+    offsets = tmp_path / "offsets"
+    offsets.write_text("0.0\n0.02\n")
+    monkeypatch.setenv("AUTORESEARCH_FAKE_OFFSETS", str(offsets))
+    proposer = ScriptedProposer([{"VALUE": 0.80, "description": "a little"},
+                                 {"VALUE": 0.70, "DURATION": 1.5, "description": "a lot"}])
+    sup, store, received = engine(tmp_path, proposer, max_experiments=4)
+    assert sup.run() == 0
+    rows = store.experiments()
+    better = next(e for e in rows if e.description == "a lot")
+    reruns = [e for e in rows if e.kind == "confirm" and e.confirms == better.id]
+    assert len(reruns) == 2 and all(e.decision is Decision.KEEP for e in reruns)
+    assert better.decision is Decision.KEEP and "beats it as it is" in better.decision_reason
+    conflict_retests = [e for e in received if isinstance(e, events.Decided) and e.experiment_id == better.id
+                        and e.decision == "confirm" and "conflicts with the frontier" in e.reason]
+    assert conflict_retests and conflict_retests[0].rule == "retest"
+    tip = git(sup.ws.root, "rev-parse", "autoresearch/t")
+    assert "VALUE = 0.7" in git(sup.ws.root, "show", f"{tip}:train.py")
     store.close()
 
 

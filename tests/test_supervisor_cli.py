@@ -21,9 +21,12 @@ ENTRY = ("import sys; from scheduler.cli import main; rc = main(sys.argv[1:]); "
 
 
 def command(repo, *extra, tag="t", db=None):
+    """Two baselines, one per lane, unless a test says otherwise: the fake trainer has no noise
+    for the default four to estimate, and these tests are about the command line."""
+    baselines = () if "--baseline-runs" in extra else ("--baseline-runs", "2")
     return [sys.executable, "-c", ENTRY, "--no-ui", "--gpus", "cpu:2", "--repo", str(repo), "--tag", tag,
             "--editable", "train.py", "--command", "python train.py", "--budget", "1",
-            "--db", str(db or repo.parent / "log.duckdb"), *extra]
+            "--db", str(db or repo.parent / "log.duckdb"), *baselines, *extra]
 
 
 def start(argv):

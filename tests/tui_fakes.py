@@ -100,6 +100,8 @@ def research(lane_count: int = 2) -> list:
         evs.append(events.RunFinished(lane, experiment(eid, lane, description, kind=kind, status=status, value=value,
                                                        commit="a" * 40 if kind == "baseline" else None)))
         evs.append(events.Decided(eid, decision, source, reason))
+        if eid == 2:  # the second baseline gives the first noise estimate: 1 dof, so its upper bound
+            evs.append(events.NoiseEstimated("H100", 0.000283, 1, 0.001117, 0.002736))
         if decision == "keep" and kind != "baseline":
             evs.append(events.FrontierAdvanced(f"{eid:x}" * 40, "a" * 40, eid, value))
     for n in range(lane_count):

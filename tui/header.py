@@ -1,10 +1,13 @@
 """The two lines at the top: the research line, how long it has run, the best result against
-the baseline, the tally of experiments, and what the LLMs cost so far."""
+the baseline, the tally of experiments, the noise decisions are judged against, and what the
+LLMs cost so far."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.widgets import Static
+
+from scheduler import events
 
 from . import figures
 from .state import ResearchView
@@ -62,12 +65,26 @@ def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
         bottom.append(figures.money(view.llm_cost, view.llm_unpriced), style="bold")
     else:
         bottom.append(f"{figures.MISSING} tok {figures.MISSING}", style="dim")
+    _noise(bottom, view.noise)  # after the cost: at 80 columns its margin is what gets cut
     xs, ys, best_x, best_y = view.best_so_far()
     room = width - bottom.cell_len - 8
     if best_y and room >= 8:
         bottom.append("  best ", style="dim")
         bottom.append(figures.sparkline([-view.metric.score(v) for v in best_y], min(room, 24)), style="green")  # up is better
     return Text("\n").join([top, bottom])
+
+
+def _noise(line: Text, noise: events.NoiseEstimated | None) -> None:
+    """The noise every decision is measured against: sigma, its degrees of freedom, and the
+    improvement a single run needs now (the estimate's upper bound while it has few dof)."""
+    line.append("   σ ", style="dim")
+    if noise is None or noise.sigma is None:
+        line.append(figures.MISSING, style="dim")
+        return
+    line.append(f"{noise.sigma:.4f}", style="bold")
+    line.append(f" ({noise.dof} dof)", style="dim")
+    line.append(" margin ", style="dim")
+    line.append(f"{noise.margin:.4f}", style="bold")
 
 
 def _state(view: ResearchView) -> tuple[str, str] | None:

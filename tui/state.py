@@ -150,6 +150,7 @@ class ResearchView:
         self.held: dict[int, int] = {}  # experiment id -> lane: waiting for approve/reject
         self.review_sent: set[int] = set()
         self.frontier: str | None = None
+        self.noise: events.NoiseEstimated | None = None  # the latest estimate, for the header
         self.llm_calls = 0
         self.llm_tokens = 0
         self.llm_cost: float | None = None
@@ -220,6 +221,9 @@ class ResearchView:
                     self._lane_changed(lane, event)
             case events.FrontierAdvanced(commit=commit):
                 self.frontier = commit
+                self.changes.header = True
+            case events.NoiseEstimated():
+                self.noise = event
                 self.changes.header = True
             case events.LlmCallFinished():
                 self.llm_calls += 1
