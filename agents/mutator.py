@@ -1,9 +1,12 @@
 """The offline mutator: a proposer with no LLM behind it.
 
 It reads the hyperparameter block of the editable file with `ast`, changes one constant's
-literal by a small step around the frontier's value (text of that literal only, so the diff is
-one line), and never proposes the same change twice. It is the `--agent offline` proposer and
-the baseline the LLM agents have to beat."""
+literal by a step around the frontier's value (text of that literal only, so the diff is one
+line), steps finer once the coarse steps around that value have been tried, and never proposes
+the same change twice on one parent. Changes discarded on the parent that still measured better
+than it (near misses: a gain smaller than the noise the engine asks for) are offered again two
+at a time, on different constants, since two such gains together are easier to tell from the
+noise. It is the `--agent offline` proposer and the baseline the LLM agents have to beat."""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ import ast
 import fnmatch
 import functools
 import hashlib
+import itertools
 import random
 import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from agents import pysource
 from agents.hyperparams import constant_number
@@ -32,6 +36,10 @@ DEFAULT_EXCLUDE = (
     "TIME_BUDGET", "MAX_SEQ_LEN", "VOCAB_SIZE", "*EVAL*", "STARTUP_EXCLUDE_STEPS",
 )
 FACTORS = (0.5, 0.7, 0.85, 1.2, 1.4, 2.0)
+# Multiplicative steps, coarsest first: a constant is offered a finer level only once every
+# change at the coarser ones has been tried around its value, so a stalled search keeps
+# looking closer instead of running dry.
+LEVELS = (FACTORS, (0.9, 1.1), (0.95, 1.05), (0.975, 1.025))
 INT_STEPS = (-2, -1, 1, 2)
 SMALL_INT = 16  # below this an int moves by steps; above, by the float factors
 FROM_ZERO = (0.01, 0.1, 1.0)  # a float at 0.0 has no scale to multiply: try absolute values
@@ -41,6 +49,10 @@ FRACTION_HINTS = ("RATIO", "FRAC", "MOMENTUM", "BETA")
 STEPPED_NAMES = ("DEPTH", "N_LAYER", "*_LAYERS")
 WINDOW_LETTERS = frozenset("SL")  # nanochat's sliding-window pattern: Short / Long per layer
 TOTAL_BATCH, DEVICE_BATCH = "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"
+# Once near misses can be paired, how often a proposal is a pair rather than a single change:
+# pairs stack what was measured, singles keep exploring what was not.
+PAIR_CHANCE = 0.5
+PAIR_HYPOTHESIS = "two changes that each measured better than the frontier, inside noise, stack"
 
 _UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _CONTEXT = re.compile(r"SEQ(UENCE)?_LEN(GTH)?$")
@@ -103,6 +115,7 @@ class Change:
     texts: tuple[str, ...]
     how: str  # "x1.4", "+1", "/2", "from 0", ...
     direction: int  # +1 raises the value, -1 lowers it, 0 for patterns
+    level: int = 0  # index into LEVELS; moves that are not multiplicative have only level 0
 
     @property
     def key(self) -> str:
@@ -118,6 +131,27 @@ class Change:
             how += "; " + "/".join(str(p) for p in self.knob.profiles)
         old, new = "/".join(self.knob.texts), "/".join(self.texts)
         return f"{self.knob.name} {old} -> {new} ({how})" if how else f"{self.knob.name} {old} -> {new}"
+
+    @property
+    def parts(self) -> tuple[Change, ...]:
+        """The single changes made: this one (a `Pair` makes two)."""
+        return (self,)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two near misses on different constants, made together."""
+
+    parts: tuple[Change, Change]  # in key order, so the pair's key and description are stable
+    gain: float  # the two near misses' measured improvements over the frontier, added up
+
+    @property
+    def key(self) -> str:
+        return " + ".join(c.key for c in self.parts)
+
+    @property
+    def description(self) -> str:
+        return " + ".join(c.description for c in self.parts)
 
 
 # --- reading the file -------------------------------------------------------------------
@@ -256,29 +290,36 @@ def _fraction_move(value: float, factor: float) -> float | None:
     return moved if moved < 1 and moved != value else round(1 - _round3(gap), 12)
 
 
-def _moves(knob: Knob) -> list[tuple[str, int, object]]:
-    """(how, direction, value -> new value or None) for every move this knob allows; one
-    move applies to every profile's entry alike."""
+Move = tuple[int, str, int, Callable]  # (level, how, direction, value -> new value or None)
+
+
+def _scaled(how: str, move: Callable) -> list[Move]:
+    """`move(value, factor)` at every factor of every level, named `how` and the factor."""
+    return [(level, f"{how}{f:g}", 1 if f > 1 else -1, lambda v, f=f: move(v, f))
+            for level, factors in enumerate(LEVELS) for f in factors]
+
+
+def _moves(knob: Knob) -> list[Move]:
+    """Every move this knob allows, coarsest level first; one move applies to every
+    profile's entry alike."""
     values = knob.values
     if all(isinstance(v, int) for v in values):
         if all(_is_power_of_two(v) for v in values) and not _matches(knob.name, STEPPED_NAMES):
-            halves = [("/2", -1, lambda v: v // 2)] if min(values) >= 2 else []
-            return [("x2", 1, lambda v: v * 2)] + halves
+            halves = [(0, "/2", -1, lambda v: v // 2)] if min(values) >= 2 else []
+            return [(0, "x2", 1, lambda v: v * 2)] + halves
         if max(values) < SMALL_INT:
             floor = 1 if min(values) >= 1 else 0
-            return [(f"{s:+d}", 1 if s > 0 else -1, lambda v, s=s: v + s if v + s >= floor else None)
+            return [(0, f"{s:+d}", 1 if s > 0 else -1, lambda v, s=s: v + s if v + s >= floor else None)
                     for s in INT_STEPS]
-        return [(f"x{f:g}", 1 if f > 1 else -1, lambda v, f=f: max(1, int(_round3(v * f))))
-                for f in FACTORS]
+        return _scaled("x", lambda v, f: max(1, int(_round3(v * f))))
     fraction = _matches(knob.name, [f"*{h}*" for h in FRACTION_HINTS]) and all(0 <= v <= 1 for v in values)
     if all(v == 0 for v in values):
-        return [("from 0", 1, lambda v, a=a: a) for a in (FROM_ZERO_FRACTION if fraction else FROM_ZERO)]
+        return [(0, "from 0", 1, lambda v, a=a: a) for a in (FROM_ZERO_FRACTION if fraction else FROM_ZERO)]
     if fraction:
         if all(v == 1 for v in values):
-            return [("from 1", -1, lambda v, a=a: 1 - a) for a in FROM_ZERO_FRACTION]
-        return [(f"x{f:g}" if max(values) <= 0.5 else f"gap to 1 /{f:g}",
-                 1 if f > 1 else -1, lambda v, f=f: _fraction_move(v, f)) for f in FACTORS]
-    return [(f"x{f:g}", 1 if f > 1 else -1, lambda v, f=f: _round3(v * f)) for f in FACTORS]
+            return [(0, "from 1", -1, lambda v, a=a: 1 - a) for a in FROM_ZERO_FRACTION]
+        return _scaled("x" if max(values) <= 0.5 else "gap to 1 /", _fraction_move)
+    return _scaled("x", lambda v, f: _round3(v * f))
 
 
 def _pattern_variants(pattern: str) -> list[str]:
@@ -291,13 +332,13 @@ def _pattern_variants(pattern: str) -> list[str]:
 
 
 def changes_for(knob: Knob) -> list[Change]:
-    """Every one-step change of this knob, in a fixed order."""
+    """Every one-step change of this knob at every level, coarsest first, in a fixed order."""
     if isinstance(knob.values[0], str):
         old = knob.values[0]
         return [Change(knob, (new,), (knob.texts[0].replace(old, new, 1),), "", 0)
                 for new in _pattern_variants(old)]
-    changes = []
-    for how, direction, move in _moves(knob):
+    changes: dict[str, Change] = {}
+    for level, how, direction, move in _moves(knob):
         new = [move(v) for v in knob.values]
         if any(n is None or n == v for n, v in zip(new, knob.values)):
             continue  # every profile moves, or the move is not made at all
@@ -306,8 +347,11 @@ def changes_for(knob: Knob) -> list[Change]:
         else:
             new = [float(n) for n in new]
             texts = tuple(repr(n) for n in new)
-        changes.append(Change(knob, tuple(new), texts, how, direction))
-    return changes
+        change = Change(knob, tuple(new), texts, how, direction, level)
+        # A finer step that rounds to a coarser one's value is that change again: the coarse
+        # one names it.
+        changes.setdefault(change.key, change)
+    return list(changes.values())
 
 
 def batches_still_divide(change: Change, knobs: dict[str, Knob], lengths: dict[str | None, int]) -> bool:
@@ -348,17 +392,50 @@ def apply(source: str, change: Change) -> str:
     return "\n".join(lines)
 
 
+def apply_all(source: str, proposed: Change | Pair) -> str:
+    """The source with every part of a proposal made, the last in the file first: two constants
+    may share a line (`A = 1; B = 2`), and an edit must not move the columns of one still to make."""
+    for change in sorted(proposed.parts, key=lambda c: (c.knob.line, c.knob.spans), reverse=True):
+        source = apply(source, change)
+    return source
+
+
+def reads_back(edited: str, proposed: Change | Pair) -> bool:
+    """Whether the edited file still parses and holds every part's new values."""
+    try:
+        knobs = find_knobs(edited)
+    except SyntaxError:
+        return False
+    return all(c.knob.name in knobs and knobs[c.knob.name].values == c.values for c in proposed.parts)
+
+
+def _notes(change: Change) -> dict:
+    """What a single change records with its proposal: the constant, its old and new text."""
+    return {"name": change.knob.name, "old": "/".join(change.knob.texts), "new": "/".join(change.texts)}
+
+
+def _recorded(notes: dict) -> list[dict]:
+    """The notes of each single change an experiment made, from what this mutator recorded:
+    a pair's two, or the experiment's own notes."""
+    pair = notes.get("pair")
+    return [part for part in pair if isinstance(part, dict)] if isinstance(pair, list) else [notes]
+
+
 def kept_directions(history: Iterable[PastExperiment]) -> Counter:
     """(name, direction) -> how many kept experiments moved that constant that way, from the
-    notes the mutator recorded with its own proposals (the constant, its old and new text)."""
+    notes the mutator recorded with its own proposals (the constant, its old and new text, for
+    each part of a pair)."""
     kept: Counter = Counter()
     for past in history:
-        name, old, new = (past.notes.get(k) for k in ("name", "old", "new"))
-        if past.decision != "keep" or not isinstance(name, str) or old is None or new is None:
+        if past.decision != "keep":
             continue
-        old, new = (_parse_number(str(text).split("/")[0]) for text in (old, new))
-        if old is not None and new is not None and old != new:
-            kept[(name, 1 if new > old else -1)] += 1
+        for notes in _recorded(past.notes):
+            name, old, new = (notes.get(k) for k in ("name", "old", "new"))
+            if not isinstance(name, str) or old is None or new is None:
+                continue
+            old, new = (_parse_number(str(text).split("/")[0]) for text in (old, new))
+            if old is not None and new is not None and old != new:
+                kept[(name, 1 if new > old else -1)] += 1
     return kept
 
 
@@ -373,9 +450,91 @@ def hypothesis(change: Change, kept: Counter) -> str:
 
 # --- the proposer -------------------------------------------------------------------------
 
+# A lane runs one proposal while it drafts the next, and a finished run may still wait for its
+# decision. Anything older a lane was given that the history never heard of was dropped on the
+# way (a replay that conflicted with a new frontier), and must not hold its constant for good.
+IN_FLIGHT_PER_LANE = 2
+
+
+def _offers(candidates: list[Change], blocked: set[str], elsewhere: set[str]) -> list[Change]:
+    """What each constant offers, in candidate order: the changes at the coarsest level that
+    still has one not blocked on this parent; of those, the ones never tried anywhere, or once
+    they are used up, the ones tried on another parent."""
+    open_by_knob: dict[str, list[Change]] = {}
+    for change in candidates:
+        if change.key not in blocked:
+            open_by_knob.setdefault(change.knob.name, []).append(change)
+    offers = []
+    for changes in open_by_knob.values():
+        level = min(c.level for c in changes)
+        at_level = [c for c in changes if c.level == level]
+        offers += [c for c in at_level if c.key not in elsewhere] or at_level
+    return offers
+
+
+def near_misses(request: ProposalRequest, candidates: Iterable[Change]) -> list[tuple[Change, float]]:
+    """The single changes discarded on this parent that measured better than the frontier all
+    the same, each with how much better: a gain the engine could not tell from the noise.
+    Only this mutator's own changes that can still be made to the parent's file count (their
+    notes name the constant and both texts the candidate has)."""
+    frontier, metric = request.frontier_val_bpb, request.metric
+    if frontier is None:
+        return []
+    by_key = {c.key: c for c in candidates}
+    near: dict[str, tuple[Change, float]] = {}
+    for past in request.history:
+        change = by_key.get(past.change)
+        if (change is None or past.parent != request.parent_commit or past.status != "ok"
+                or past.decision != "discard" or past.val_bpb is None
+                or not metric.better(past.val_bpb, frontier)
+                or any(past.notes.get(k) != v for k, v in _notes(change).items())):
+            continue
+        near[change.key] = (change, metric.improvement(past.val_bpb - frontier))
+    return list(near.values())
+
+
+def _pairs(near: list[tuple[Change, float]], blocked: set[str], busy: set[str]) -> list[Pair]:
+    """Every pair of near misses on two constants not blocked on this parent: those that no
+    proposal in flight is changing first, then the largest measured gain together, then by key.
+    The two batch sizes are never paired: each was checked to divide with the other as it is."""
+    pairs = []
+    for (a, gain_a), (b, gain_b) in itertools.combinations(near, 2):
+        names = {a.knob.name, b.knob.name}
+        if len(names) < 2 or names == {TOTAL_BATCH, DEVICE_BATCH}:
+            continue
+        pair = Pair(tuple(sorted((a, b), key=lambda c: c.key)), gain_a + gain_b)
+        if pair.key not in blocked:
+            pairs.append(pair)
+    return sorted(pairs, key=lambda p: (any(c.knob.name in busy for c in p.parts), -p.gain, p.key))
+
+
+def _draw(rng: random.Random, offers: list[Change], busy: set[str], elsewhere: set[str],
+          kept: Counter) -> Change:
+    """One of the preferred offers, in proportion to its weight (a direction kept before weighs
+    more). Preferred: changes to constants that no proposal in flight is changing (two lanes
+    editing one line conflict when both are kept), then changes never tried anywhere before
+    those tried on another parent.
+
+    The first draw is among the never-tried offers (all of them when none is left), as it was
+    before lanes were told apart, so a lane's choice stays what it was unless it lands where
+    another lane is at work; only then a second draw among the preferred ones. The preferred
+    ones are either all among the first draw's or none of them, so each is still drawn in
+    proportion to its weight."""
+    def rank(change: Change) -> tuple[bool, bool]:
+        return change.knob.name in busy, change.key in elsewhere
+
+    def weighted(pool: list[Change]) -> Change:
+        return rng.choices(pool, [1 + 2 * kept[(c.knob.name, c.direction)] for c in pool])[0]
+
+    best = min(map(rank, offers))
+    change = weighted([c for c in offers if c.key not in elsewhere] or offers)
+    return change if rank(change) == best else weighted([c for c in offers if rank(c) == best])
+
+
 class OfflineMutator:
-    """Perturbs one hyperparameter per proposal around the frontier, deterministically given
-    the seed and the request, and never hands out the same change twice on one parent."""
+    """Perturbs one hyperparameter per proposal around the frontier, or two whose changes were
+    near misses, deterministically given the seed, the request and what it handed out before,
+    and never hands out the same change twice on one parent."""
 
     name = "offline-mutator"
 
@@ -386,6 +545,8 @@ class OfflineMutator:
         self.exclude = tuple(exclude)
         self._lock = threading.Lock()  # lanes call propose from their own threads
         self._handed_out: dict[str, set[str]] = {}  # parent commit -> keys given for it
+        # lane -> (parent commit, key, constants changed) of its latest proposals, oldest first
+        self._given_to: dict[int, deque[tuple[str, str, tuple[str, ...]]]] = {}
 
     def _wanted(self, name: str) -> bool:
         if self.include is not None and not _matches(name, self.include):
@@ -416,42 +577,65 @@ class OfflineMutator:
         digest = hashlib.sha256("\0".join(map(str, fields)).encode()).digest()
         return random.Random(int.from_bytes(digest[:8], "big"))
 
+    def _in_flight(self, history: Iterable[PastExperiment]) -> set[str]:
+        """The constants of the changes handed out whose outcome the history does not hold yet
+        (no decision, and no crash or rejection either): another lane drafts or runs them."""
+        known = {(p.parent, p.change) for p in history if p.decision is not None or p.status != "ok"}
+        return {name for given in self._given_to.values() for parent, key, names in given
+                if (parent, key) not in known and (None, key) not in known for name in names}
+
     def propose(self, request: ProposalRequest) -> Proposal:
+        """One change to one constant, or a pair of near misses, written to the worktree. A
+        change or pair is blocked once it was handed out or tried on this parent (or by an
+        experiment whose parent is unknown); the rest are offered in this order:
+
+        1. per constant, only the coarsest level (LEVELS) with a change left open; at that
+           level its never-tried changes, and only when they are used up the ones tried on
+           another parent, as the frontier has moved since;
+        2. across constants, those that no proposal in flight is changing come first, then
+           never-tried changes before retries;
+        3. one drawn from the best of those, weighted towards directions kept before (`_draw`);
+        4. once a pair of near misses is open (`_pairs`), it replaces that draw with chance
+           PAIR_CHANCE, tossed after the draw so that a line's proposals stay what they were
+           until it has near misses; the best pair is made, one whose constants are not in
+           flight first. With no single change left open, pairs only.
+        """
         relative, source, knobs = self._target(request)
         lengths = context_lengths(request.worktree, [source])
         candidates = [c for name, knob in knobs.items() if self._wanted(name)
                       for c in changes_for(knob) if batches_still_divide(c, knobs, lengths)]
         kept = kept_directions(request.history)
         rng = self._stream(request, source)
+        here = request.parent_commit
         with self._lock:
-            # History carries no parent commit, so any key in it may have been tried on this
-            # parent: those are out, as are the keys this mutator gave for this parent.
-            blocked = {p.change for p in request.history if p.change}
-            blocked |= self._handed_out.setdefault(request.parent_commit, set())
-            anywhere = set().union(*self._handed_out.values())
+            given = self._handed_out.setdefault(here, set())
+            blocked = given | {p.change for p in request.history if p.change and p.parent in (None, here)}
+            elsewhere = {p.change for p in request.history if p.change and p.parent not in (None, here)}
+            elsewhere |= set().union(*(keys for parent, keys in self._handed_out.items() if parent != here))
+            busy = self._in_flight(request.history)
+            near = near_misses(request, candidates)
             while True:
-                open_ = [c for c in candidates if c.key not in blocked]
-                if not open_:
+                offers = _offers(candidates, blocked, elsewhere)
+                pairs = _pairs(near, blocked, busy)
+                if not offers and not pairs:
                     raise ProposalError(f"every change the offline mutator knows for {relative} "
-                                        f"at {request.parent_commit[:12]} has been tried")
-                pool = [c for c in open_ if c.key not in anywhere] or open_
-                weights = [1 + 2 * kept[(c.knob.name, c.direction)] for c in pool]
-                change = rng.choices(pool, weights)[0]
-                edited = apply(source, change)
+                                        f"at {here[:12]} has been tried")
+                proposed = _draw(rng, offers, busy, elsewhere, kept) if offers else None
+                if pairs and (proposed is None or rng.random() < PAIR_CHANCE):
+                    proposed = pairs[0]
+                edited = apply_all(source, proposed)
                 # Recorded before the check: an edit that does not read back is dropped for
                 # good on this parent rather than retried.
-                self._handed_out[request.parent_commit].add(change.key)
-                blocked.add(change.key)
-                try:
-                    check = find_knobs(edited).get(change.knob.name)
-                except SyntaxError:
-                    continue  # never hand out an edit that breaks the file
-                if check is not None and check.values == change.values:
+                given.add(proposed.key)
+                blocked.add(proposed.key)
+                if reads_back(edited, proposed):  # never hand out an edit that breaks the file
                     break
+            lane = self._given_to.setdefault(request.lane, deque(maxlen=IN_FLIGHT_PER_LANE))
+            lane.append((here, proposed.key, tuple(c.knob.name for c in proposed.parts)))
         (request.worktree / relative).write_bytes(edited.encode("utf-8"))
-        return Proposal(
-            description=change.description, hypothesis=hypothesis(change, kept), change=change.key,
-            agent=self.name,
-            extra={"file": relative, "name": change.knob.name,
-                   "old": "/".join(change.knob.texts), "new": "/".join(change.texts)},
-        )
+        if isinstance(proposed, Pair):
+            why, notes = PAIR_HYPOTHESIS, {"pair": [_notes(c) for c in proposed.parts]}
+        else:
+            why, notes = hypothesis(proposed, kept), _notes(proposed)
+        return Proposal(description=proposed.description, hypothesis=why, change=proposed.key,
+                        agent=self.name, extra={"file": relative, **notes})
