@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of these settings")
     parser.add_argument("--noise-floor", type=float, help="the least improvement ever kept (default 0.001)")
     parser.add_argument("--baseline-runs", type=int, help="runs of the starting point per GPU model, spread over "
-                        "the lanes, before anything is judged (default 4)")
+                        "the lanes, before anything is judged (default: two per lane, at least 4)")
     parser.add_argument("--keep-rule", choices=["noise", "greedy"],
                         help="noise: keep only beyond run-to-run noise, re-test close calls (default); greedy: "
                              "upstream's rule, keep any measured improvement (for comparison)")

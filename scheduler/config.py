@@ -9,7 +9,7 @@ Example `autoresearch.toml` (every key optional):
     max_experiments = 100
     review = false
     noise_floor = 0.001       # the least val_bpb improvement ever kept
-    baseline_runs = 4         # runs of the starting point per GPU model before judging
+    baseline_runs = 8         # runs of the starting point per GPU model (default: 2 per lane, at least 4)
     keep_rule = "noise"       # noise | greedy (upstream's rule, for comparison)
     hung_seconds = 600
     [target]                  # what the lanes edit and run
@@ -55,7 +55,7 @@ class Config:
     review: bool = False
     resume: bool = False
     noise_floor: float = 0.001
-    baseline_runs: int = 4  # the starting point's runs per GPU model, spread over lanes: 3 dof of noise
+    baseline_runs: int | None = None  # the starting point's runs per GPU model; None: 2 per lane, at least 4
     keep_rule: str = "noise"  # noise (ours) | greedy (upstream's: any measured improvement, for comparison)
     hung_seconds: float = 600.0  # a first torch.compile can be silent for minutes
     timeout_seconds: float | None = None  # default: twice the budget plus 2 minutes (upstream: 10 min for 5)
@@ -142,7 +142,8 @@ def validate(config: Config) -> Config:
     positive("hung_seconds", config.hung_seconds, False)
     positive("timeout_seconds", config.timeout_seconds)
     positive("kill_grace_seconds", config.kill_grace_seconds, False)
-    if isinstance(config.baseline_runs, bool) or not isinstance(config.baseline_runs, int) or config.baseline_runs < 1:
+    if config.baseline_runs is not None and (isinstance(config.baseline_runs, bool)
+                                             or not isinstance(config.baseline_runs, int) or config.baseline_runs < 1):
         raise ConfigError(f"baseline_runs must be a whole number of at least 1, not {config.baseline_runs!r}.")
     if not isinstance(config.noise_floor, (int, float)) or config.noise_floor < 0:
         raise ConfigError(f"noise_floor must be a number of at least 0, not {config.noise_floor!r}.")

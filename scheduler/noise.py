@@ -220,14 +220,20 @@ class Policy:
     keep_z: float = KEEP_Z
     retest_z: float = RETEST_Z
     max_runs: int = MAX_RUNS
-    baseline_runs: int = 4  # the starting point's runs per GPU model: three dof before judging
+    # The starting point's runs per GPU model; None: two rounds of its lanes, and at least four
+    # (three dof before anything is judged; more lanes buy more dof in the same two rounds).
+    baseline_runs: int | None = None
 
-    def replicas_wanted(self, noise: Noise, judged: int = 0) -> int:
-        """Runs of the frontier wanted on a GPU model: the starting point's until the noise has
-        baseline_runs - 1 dof; then FRONTIER_RUNS, and one more per JUDGED_PER_REPLICA
-        candidates `judged` against it, up to MAX_FRONTIER_RUNS."""
-        if noise.dof < self.baseline_runs - 1:
-            return self.baseline_runs
+    def starting_runs(self, lanes: int) -> int:
+        return self.baseline_runs if self.baseline_runs is not None else max(4, 2 * lanes)
+
+    def replicas_wanted(self, noise: Noise, judged: int = 0, lanes: int = 1) -> int:
+        """Runs of the frontier wanted on a GPU model with `lanes` lanes: the starting point's
+        until the noise has that many runs' dof; then FRONTIER_RUNS, and one more per
+        JUDGED_PER_REPLICA candidates `judged` against it, up to MAX_FRONTIER_RUNS."""
+        start = self.starting_runs(lanes)
+        if noise.dof < start - 1:
+            return start
         return min(MAX_FRONTIER_RUNS, FRONTIER_RUNS + judged // JUDGED_PER_REPLICA)
 
     def margin(self, noise: Noise, runs: int = 1, reference_runs: int = 1) -> float:
@@ -263,7 +269,7 @@ class GreedyPolicy:
     baseline_runs: int = 1
     max_runs: int = 1
 
-    def replicas_wanted(self, noise: Noise, judged: int = 0) -> int:
+    def replicas_wanted(self, noise: Noise, judged: int = 0, lanes: int = 1) -> int:
         return 1
 
     def margin(self, noise: Noise, runs: int = 1, reference_runs: int = 1) -> float:

@@ -265,7 +265,8 @@ class Supervisor:
         are judged against it. Disturbed runs do not count."""
         state = self.state
         wanted = self.judge.policy.replicas_wanted(state.measurements.noise(model),
-                                                   state.judged_against[state.frontier])
+                                                   state.judged_against[state.frontier],
+                                                   sum(1 for lane in state.lanes if lane.model == model))
         have = state.measurements.count(state.frontier, model)
         running = sum(1 for lane in state.lanes if lane.run is not None and lane.model == model
                       and lane.current.commit == state.frontier and lane.current.kind is Kind.BASELINE)

@@ -295,7 +295,9 @@ def test_a_change_worth_three_sigma_is_kept_nine_times_in_ten_once_sigma_is_know
 
 def test_the_frontier_earns_replicas_as_candidates_are_judged_against_it():
     policy, settled = Policy(), Noise.of(0.002, 12)
-    assert policy.replicas_wanted(Noise.of(0.002, 1)) == policy.baseline_runs  # the start: until 3 dof
+    assert policy.replicas_wanted(Noise.of(0.002, 1)) == 4  # the start, one lane: until 3 dof
+    assert policy.replicas_wanted(Noise.of(0.002, 12), lanes=8) == 16  # eight lanes: two rounds
+    assert Policy(baseline_runs=2).replicas_wanted(Noise.of(0.002, 0), lanes=8) == 2  # as the user said
     assert [policy.replicas_wanted(settled, judged) for judged in (0, 9, 10, 35, 500)] == [2, 2, 3, 5, 8]
     assert GreedyPolicy().replicas_wanted(settled, 500) == 1
 
