@@ -183,6 +183,9 @@ class Supervisor:
             self.ledger.learn(exp)
             if exp.kind is Kind.PROPOSAL and exp.change and exp.status is not Status.REJECTED:
                 state.changes.setdefault((exp.change, exp.parent_commit or ""), exp.id)
+            if (exp.kind in (Kind.PROPOSAL, Kind.VERIFICATION) and exp.parent_commit
+                    and exp.decision_source is DecisionSource.AUTO and exp.status is Status.OK):
+                state.judged_against[exp.parent_commit] += 1  # its frontier's replicas are owed for them too
             if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
                 state.pending.append(self.ledger.new_experiment(Experiment(
                     run_id=self.run_id, lane=-1, kind=exp.kind, commit=exp.commit, parent_commit=exp.parent_commit,

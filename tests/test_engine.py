@@ -381,3 +381,17 @@ def test_a_win_on_a_moved_frontier_is_verified_even_past_max_experiments(tmp_pat
     assert tip == verification[0].commit
     assert sup.exit_reason == "4 experiments run, and 1 more to judge them"
     store.close()
+
+
+def test_a_resumed_line_remembers_how_many_candidates_were_judged_against_its_frontier(tmp_path):
+    # The frontier's replicas are owed for every candidate judged against it (scheduler/noise.py),
+    # and a restart must not forget them.
+    proposer = ScriptedProposer([{"VALUE": 1.2, "description": "worse"}, {"BONUS": -0.1, "description": "worse too"}])
+    sup, store, _ = engine(tmp_path, proposer, max_experiments=4)
+    assert sup.run() == 0
+    assert sup.state.judged_against[sup.frontier] == 2
+    again = Supervisor(sup.config, store, Workspace(sup.ws.root, "t", sup.config.target.editable),
+                       [Gpu(0, None, None, "cpu")], ScriptedProposer([]), telemetry=False)
+    again._load_history()
+    assert again.state.judged_against[again.frontier] == 2
+    store.close()
