@@ -260,7 +260,10 @@ class ResearchApp(Overrides, App[int]):
         self.notify(notice.message, severity=severity, timeout=4 if severity == "information" else 10)
 
     def _second(self) -> None:
-        self.query_one(ResearchHeader).show(self.view, self.clock() - self.started)  # repaints if it moved
+        headers = self.query(ResearchHeader)
+        if not headers:  # the app is closing and its screen is gone; the timer can still fire once
+            return
+        headers.first().show(self.view, self.clock() - self.started)  # repaints if it moved
         if self._reload_due and self.link.store is not None and self.clock() - self._last_reload >= self._reload_seconds:
             self._reload_due = False
             self._last_reload = self.clock()
