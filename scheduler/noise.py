@@ -107,10 +107,14 @@ class Measurements:
     def __init__(self):
         self._runs: dict[tuple[str, str], list[Measured]] = defaultdict(list)
         self._same: dict[str, str] = {}  # a commit -> the commit whose code (tree) it has
+        # The scheduler asks for the noise on every pass a lane is free: it walks every code
+        # measured, so it is kept until a measurement changes it.
+        self._noise: dict[str, Noise] = {}
 
     def same_code(self, commit: str, as_commit: str) -> None:
         """`commit` holds exactly the code of `as_commit`: its measurements are those."""
         self._same[commit] = self._same.get(as_commit, as_commit)
+        self._noise.clear()
 
     def _key(self, commit: str, model: str) -> tuple[str, str]:
         return self._same.get(commit, commit), model
@@ -119,6 +123,7 @@ class Measurements:
             selected: bool = False) -> None:
         if math.isfinite(score):
             self._runs[self._key(commit, model)].append(Measured(score, throughput, selected))
+            self._noise.pop(model, None)
 
     def trusted(self, commit: str, model: str) -> list[Measured]:
         """The runs of this code that were not disturbed: a run below DISTURBED_BELOW of the
@@ -147,6 +152,11 @@ class Measurements:
     def noise(self, model: str) -> Noise:
         """The pooled estimate over every code measured more than once on this GPU model,
         from its undisturbed runs that were not selected on their value."""
+        if model not in self._noise:
+            self._noise[model] = self._pooled(model)
+        return self._noise[model]
+
+    def _pooled(self, model: str) -> Noise:
         squares, dof = 0.0, 0
         for key in self._runs:
             if key[1] != model:
@@ -157,9 +167,6 @@ class Measurements:
                 squares += sum((v - mean) ** 2 for v in values)
                 dof += len(values) - 1
         return Noise.of(math.sqrt(squares / dof) if dof else None, dof)
-
-    def sigma(self, model: str) -> float | None:
-        return self.noise(model).sigma
 
 
 def throughput(summary: dict) -> float | None:
