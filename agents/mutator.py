@@ -619,7 +619,7 @@ class OfflineMutator:
                 pairs = _pairs(near, blocked, busy)
                 if not offers and not pairs:
                     raise ProposalError(f"every change the offline mutator knows for {relative} "
-                                        f"at {here[:12]} has been tried")
+                                        f"at {here[:12]} has been tried", exhausted=True)
                 proposed = _draw(rng, offers, busy, elsewhere, kept) if offers else None
                 if pairs and (proposed is None or rng.random() < PAIR_CHANCE):
                     proposed = pairs[0]

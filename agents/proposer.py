@@ -18,11 +18,14 @@ from results.records import LlmCall
 class ProposalError(Exception):
     """The proposer could not make a proposal this time (the engine records it and asks again
     later); the message is one sentence for the log. `transient`: the cause will pass (a rate
-    limit, a provider outage), so the lane waits and asks again rather than giving up."""
+    limit, a provider outage), so the lane waits and asks again rather than giving up.
+    `exhausted`: not a failure at all: the proposer has nothing left to try here (a moved
+    frontier may give it more), so a line that ends on it ended its search, not in error."""
 
-    def __init__(self, message: str, *, transient: bool = False):
+    def __init__(self, message: str, *, transient: bool = False, exhausted: bool = False):
         super().__init__(message)
         self.transient = transient
+        self.exhausted = exhausted
 
 
 @dataclass(frozen=True)

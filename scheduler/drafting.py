@@ -126,6 +126,7 @@ class Drafting:
                                                      f"in {wait:.0f} s", lane.index)
         elif lane.failures >= PROPOSAL_FAILURES_BEFORE_GIVING_UP:
             lane.exhausted = True
+            lane.gave_up = None if getattr(error, "exhausted", False) else message
             self.ledger.notice(events.Level.WARNING, f"lane {lane.index}: no proposal after {lane.failures} tries "
                                                      f"({message}); it stops proposing", lane.index)
         else:

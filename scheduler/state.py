@@ -99,7 +99,8 @@ class Lane:
     next: Next | None = None
     paused: bool = False
     lost: bool = False
-    exhausted: bool = False  # its proposer has nothing more to offer
+    exhausted: bool = False  # it asks for no more proposals ...
+    gave_up: str | None = None  # ... because they kept failing (the last error), not because none are left
     draft_head: str | None = None  # the commit draft_dir holds, clean: a ready proposal runs there
     llm_calls: list[int] = field(default_factory=list)  # llm_calls rows of the proposal being drafted
     attempts: int = 0  # proposals asked for so far

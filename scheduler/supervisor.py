@@ -33,7 +33,7 @@ from results.store import Store, utcnow
 
 from . import control, events
 from .config import Config
-from .drafting import Drafting
+from .drafting import PROPOSAL_FAILURES_BEFORE_GIVING_UP, Drafting
 from .executor import LocalExecutor
 from .gpus import Gpu, TelemetrySampler
 from .inbox import (CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded, MemoryToWrite, Message,
@@ -215,7 +215,15 @@ class Supervisor:
             state.exit_reason = "no lane left"
             return True
         if all(lane.exhausted and lane.next is None for lane in usable) and not state.pending:
-            state.exit_reason = "the proposer has nothing more to try"
+            failed = [lane for lane in usable if lane.gave_up is not None]
+            if len(failed) == len(usable):  # not one lane ended its search: the proposer is broken
+                state.failure = (f"no lane could get a proposal: the {self.proposer.name} proposer failed "
+                                 f"{PROPOSAL_FAILURES_BEFORE_GIVING_UP} times in a row on every lane (last: "
+                                 f"{failed[-1].gave_up}); check --agent, --base-url and the provider's key")
+                self.ledger.notice(events.Level.ERROR, state.failure)
+                state.exit_reason = "no lane could get a proposal"
+            else:
+                state.exit_reason = "the proposer has nothing more to try"
             return True
         return False
 

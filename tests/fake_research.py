@@ -114,7 +114,7 @@ class ScriptedProposer:
     def propose(self, request):
         with self._lock:
             if not self.steps:
-                raise ProposalError("the script is over")
+                raise ProposalError("the script is over", exhausted=True)
             step = self.steps.pop(0)
             self.requests.append(request)
         step = dict(step)

@@ -395,3 +395,30 @@ def test_a_resumed_line_remembers_how_many_candidates_were_judged_against_its_fr
     again._load_history()
     assert again.state.judged_against[again.frontier] == 2
     store.close()
+
+
+class BrokenProposer(ScriptedProposer):
+    """Every call fails for good, as with a wrong model name or a context the brief overflows."""
+
+    def propose(self, request):
+        raise drafting_module.ProposalError("HTTP 400: request (8995 tokens) exceeds the available context size "
+                                            "(8192 tokens)")
+
+
+def test_a_night_whose_proposer_fails_on_every_lane_ends_non_zero_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(drafting_module, "PROPOSAL_RETRY_SECONDS", 0.05)
+    sup, store, received = engine(tmp_path, BrokenProposer([]))
+    assert sup.run() == 1
+    assert sup.exit_reason == "no lane could get a proposal"
+    assert "HTTP 400" in sup.state.failure and "--agent" in sup.state.failure
+    assert any(isinstance(e, events.Notice) and e.level is events.Level.ERROR and "no lane could get a proposal"
+               in e.message for e in received)
+    store.close()
+
+
+def test_a_proposer_with_nothing_left_to_try_ends_the_night_successfully(tmp_path, monkeypatch):
+    monkeypatch.setattr(drafting_module, "PROPOSAL_RETRY_SECONDS", 0.05)
+    sup, store, _ = engine(tmp_path, ScriptedProposer([{"VALUE": 0.9, "description": "the only idea"}]))
+    assert sup.run() == 0
+    assert sup.exit_reason == "the proposer has nothing more to try" and sup.state.failure is None
+    store.close()
