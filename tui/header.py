@@ -19,12 +19,20 @@ class ResearchHeader(Static):
     """
 
     _shown = ""
+    _last: tuple[ResearchView, float] | None = None
 
     def show(self, view: ResearchView, elapsed: float) -> None:
+        self._last = (view, elapsed)
         text = header_text(view, elapsed, self.size.width or 80)
         if text.plain != self._shown:  # once a second for the clock; a repaint only when it moved
             self._shown = text.plain
             self.update(text, layout=False)  # always two lines
+
+    def on_resize(self) -> None:
+        # What fits (the best-so-far sparkline) depends on the width: the first show() can come
+        # before the first layout, so draw again at the real width rather than at the next tick.
+        if self._last is not None:
+            self.show(*self._last)
 
 
 def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
