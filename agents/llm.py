@@ -10,12 +10,19 @@ Retrying is ours, not the SDKs' (they retry twice in ~1.5 s, which does not ride
 per-minute rate limit): a call keeps trying through 429s (honouring Retry-After), 5xx,
 timeouts and dropped connections until its retry budget -- minutes -- is spent. Each lane's
 call waits on its own, so a throttled lane never holds up another; a per-provider cap bounds
-how many requests are in flight at once, and a waiting call does not hold a slot."""
+how many requests are in flight at once, and a waiting call does not hold a slot.
+
+A client knows its model's context window (agents/window.py) and turns a server's "prompt too
+long" into ContextExceeded, which the worker answers with a shorter prompt. It marks the
+stable start of a conversation for Anthropic's prompt caching (OpenAI's is automatic for a
+byte-identical prefix), records cached tokens, and asks the session's purse before each
+call when there is a spending limit."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -25,7 +32,11 @@ from typing import Callable
 
 from results.records import LlmCall
 
-from .prices import cost_usd
+from .prices import Tokens, cost_usd
+from .spending import Purse, SpendingLimitReached
+from .window import TokenGauge, Window, discover, exceeded
+
+log = logging.getLogger("autoresearch.agents")
 
 DEFAULT_MAX_TOKENS = 4096
 REQUEST_TIMEOUT_S = 180.0
@@ -40,6 +51,22 @@ class LlmError(Exception):
     def __init__(self, message: str, *, transient: bool):
         super().__init__(message)
         self.transient = transient  # worth asking again later (throttling, an outage)
+
+
+class ContextExceeded(LlmError):
+    """The server refused the prompt as longer than the model's window."""
+
+    def __init__(self, message: str, *, tokens: int | None, limit: int | None):
+        super().__init__(message, transient=False)
+        self.tokens = tokens  # what the prompt came to, by the server's count, when it said
+        self.limit = limit  # the window, when it said
+
+
+class BudgetSpent(LlmError):
+    """The session's spending limit leaves no room for this call; it was not made."""
+
+    def __init__(self, message: str):
+        super().__init__(message, transient=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,8 @@ class Reply:
     input_tokens: int | None
     output_tokens: int | None
     truncated: bool = False  # the model hit the output limit mid-reply
+    cache_read_tokens: int | None = None  # of input_tokens, read from the provider's prompt cache
+    cache_write_tokens: int | None = None  # of input_tokens, written to it
 
 
 @dataclass
@@ -75,6 +104,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None  # role "tool": the call this answers
     is_error: bool = False
+    cache_prefix: int = 0  # the first this-many characters are the stable part worth caching
 
 
 @dataclass(frozen=True)
@@ -97,15 +127,37 @@ class Client:
     max_concurrent: int = 8
     retry_budget_s: float = RETRY_BUDGET_S
     request_timeout_s: float = REQUEST_TIMEOUT_S
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int | None = None  # the output cap; None: from the window (a quarter, at most 4096)
+    context_tokens: int | None = None  # the window as configured (--context-tokens); None: ask
+    purse: Purse | None = None  # the session's spending limit, shared by its clients
     report: Callable[[LlmCall], None] = lambda call: None
     run_id: str = ""
+    gauge: TokenGauge = field(default_factory=TokenGauge, repr=False)
+    _window: Window | None = field(default=None, repr=False)
     _sdk: object = field(default=None, repr=False)
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return f"{self.provider}:{self.model}"
+
+    def window(self) -> Window:
+        """The model's context window in tokens (asks the server once; see agents/window.py)."""
+        if self._window is None:
+            self._window = discover(self.provider, self.model, self.base_url, self.context_tokens)
+            log.info("%s: a context window of %d tokens (%s)", self.name, self._window.tokens, self._window.source)
+        return self._window
+
+    @property
+    def output_cap(self) -> int:
+        # A sixteenth of the window, at least 512: a tool call's edit fits easily (a 30-line
+        # replace is ~400 tokens), and a small local model that rambles instead stops sooner
+        # (on a CPU, 512 tokens can already take minutes).
+        return self.max_tokens or max(512, min(DEFAULT_MAX_TOKENS, self.window().tokens // 16))
+
+    def prompt_tokens(self, system: str, messages: list[Message], tools: list[Tool]) -> int:
+        """The request's prompt as tokens, estimated from its characters."""
+        return self.gauge.tokens(_prompt_chars(system, messages, tools))
 
     def _client(self):
         if self._sdk is None:
@@ -116,39 +168,93 @@ class Client:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
         deadline = time.monotonic() + self.retry_budget_s
+        chars = _prompt_chars(system, messages, tools)
+        cap = self.output_cap
         attempt = 0
         while True:
             attempt += 1
-            started = time.monotonic()
+            held = self._ask_purse(chars, cap)
             try:
-                async with self._slots:
-                    started = time.monotonic()
-                    reply = await self._request(system, messages, tools)
-            except Exception as e:  # noqa: BLE001 - sorted below; anything unknown is not retried
-                outcome, wait, transient = _classify(e, attempt)
-                self._record(info, outcome, started, error=_describe(e))
-                if not transient:
-                    raise LlmError(f"{self.name}: {_describe(e)}", transient=False) from None
-                if time.monotonic() + wait > deadline:
-                    raise LlmError(f"{self.name}: gave up after {attempt} attempt(s) in "
-                                   f"{self.retry_budget_s:.0f} s; last: {_describe(e)}", transient=True) from None
-                await asyncio.sleep(wait)
-                continue
-            self._record(info, "ok", started, reply.input_tokens, reply.output_tokens)
-            return reply
+                reply = await self._attempt(system, messages, tools, cap, info)
+            finally:
+                if self.purse is not None:  # charged by _record once answered; cancelled or not
+                    self.purse.release(held)
+            if isinstance(reply, Reply):
+                self.gauge.observe(chars, reply.input_tokens)
+                return reply
+            error, started = reply
+            outcome, wait, transient = _classify(error, attempt)
+            self._record(info, outcome, started, error=_describe(error))
+            too_long = exceeded(str(error)) if not transient else None
+            if too_long is not None:
+                if too_long.tokens:
+                    self.gauge.observe(chars, too_long.tokens)
+                if too_long.limit and too_long.limit < self.window().tokens:
+                    self._window = Window(too_long.limit, "the server's refusal of a longer prompt")
+                raise ContextExceeded(f"{self.name}: {_describe(error)}", tokens=too_long.tokens,
+                                      limit=too_long.limit) from None
+            if not transient:
+                raise LlmError(f"{self.name}: {_describe(error)}", transient=False) from None
+            if time.monotonic() + wait > deadline:
+                raise LlmError(f"{self.name}: gave up after {attempt} attempt(s) in "
+                               f"{self.retry_budget_s:.0f} s; last: {_describe(error)}", transient=True) from None
+            await asyncio.sleep(wait)
 
-    def _record(self, info: CallInfo, outcome: str, started: float, input_tokens: int | None = None,
-                output_tokens: int | None = None, error: str | None = None) -> None:
+    async def _attempt(self, system: str, messages: list[Message], tools: list[Tool], cap: int,
+                       info: CallInfo) -> Reply | tuple[Exception, float]:
+        """One HTTP attempt: the reply (recorded), or the exception and when it started."""
+        started = time.monotonic()
+        try:
+            async with self._slots:
+                started = time.monotonic()
+                reply = await self._request(system, messages, tools, cap)
+        except Exception as e:  # noqa: BLE001 - sorted by the caller; anything unknown is not retried
+            return e, started
+        self._record(info, "ok", started, reply)
+        return reply
+
+    def _ask_purse(self, chars: int, cap: int) -> float:
+        """Hold the call's estimated cost in the purse (released when it is answered), or raise
+        BudgetSpent. Calls in flight at once on every lane are held together."""
+        if self.purse is None:
+            return 0.0
+        output = self.purse.most_output or cap
+        estimate = cost_usd(self.provider, self.model, self.base_url,
+                            Tokens(self.gauge.tokens(chars), output)) or 0.0
+        try:
+            self.purse.hold(estimate)
+        except SpendingLimitReached as e:
+            raise BudgetSpent(str(e)) from None
+        return estimate
+
+    def _record(self, info: CallInfo, outcome: str, started: float, reply: Reply | None = None,
+                error: str | None = None) -> None:
+        tokens = (Tokens(reply.input_tokens, reply.output_tokens, reply.cache_read_tokens or 0,
+                         reply.cache_write_tokens or 0)
+                  if reply is not None and reply.input_tokens is not None and reply.output_tokens is not None else None)
+        cost = cost_usd(self.provider, self.model, self.base_url, tokens)
+        if self.purse is not None and reply is not None:
+            self.purse.charge(cost, reply.output_tokens)
         self.report(LlmCall(t=datetime.now(timezone.utc).replace(tzinfo=None), run_id=self.run_id, role=info.role,
                             provider=self.provider, model=self.model, outcome=outcome, lane=info.lane,
-                            experiment_id=info.experiment_id, input_tokens=input_tokens, output_tokens=output_tokens,
-                            cost_usd=cost_usd(self.model, input_tokens, output_tokens),
-                            latency_ms=(time.monotonic() - started) * 1000, error=error))
+                            experiment_id=info.experiment_id,
+                            input_tokens=reply.input_tokens if reply is not None else None,
+                            output_tokens=reply.output_tokens if reply is not None else None,
+                            cost_usd=cost, latency_ms=(time.monotonic() - started) * 1000, error=error,
+                            cache_read_tokens=reply.cache_read_tokens if reply is not None else None,
+                            cache_write_tokens=reply.cache_write_tokens if reply is not None else None))
 
-    async def _request(self, system: str, messages: list[Message], tools: list[Tool]) -> Reply:
+    async def _request(self, system: str, messages: list[Message], tools: list[Tool], cap: int) -> Reply:
         if self.provider == "anthropic":
-            return await _anthropic_request(self._client(), self.model, self.max_tokens, system, messages, tools)
-        return await _openai_request(self._client(), self.model, self.max_tokens, system, messages, tools)
+            return await _anthropic_request(self._client(), self.model, cap, system, messages, tools)
+        return await _openai_request(self._client(), self.model, cap, system, messages, tools)
+
+
+def _prompt_chars(system: str, messages: list[Message], tools: list[Tool]) -> int:
+    size = len(system) + sum(len(t.name) + len(t.description) + len(json.dumps(t.parameters)) for t in tools)
+    for m in messages:
+        size += len(m.content) + sum(len(c.name) + len(c.raw) for c in m.tool_calls) + 16  # a turn's wrapping
+    return size
 
 
 def _make_sdk(provider: str, base_url: str | None, timeout: float):
@@ -231,7 +337,8 @@ async def _openai_request(sdk, model, max_tokens, system, messages, tools) -> Re
                                                          "parameters": t.parameters}} for t in tools]} if tools else {}
     response = await sdk.chat.completions.create(model=model, messages=wire, max_tokens=max_tokens, **extra)
     if not response.choices:
-        return Reply("", (), _usage(response, "prompt_tokens"), _usage(response, "completion_tokens"))
+        return Reply("", (), _usage(response, "prompt_tokens"), _usage(response, "completion_tokens"),
+                     cache_read_tokens=_openai_cached(response))
     choice = response.choices[0]
     calls = []
     for i, call in enumerate(choice.message.tool_calls or ()):
@@ -239,7 +346,14 @@ async def _openai_request(sdk, model, max_tokens, system, messages, tools) -> Re
         arguments, raw = _parse_arguments(getattr(function, "arguments", None))
         calls.append(ToolCall(call.id or f"call_{i}", getattr(function, "name", "") or "", arguments, raw))
     return Reply(choice.message.content or "", tuple(calls), _usage(response, "prompt_tokens"),
-                 _usage(response, "completion_tokens"), truncated=choice.finish_reason == "length")
+                 _usage(response, "completion_tokens"), truncated=choice.finish_reason == "length",
+                 cache_read_tokens=_openai_cached(response))
+
+
+def _openai_cached(response) -> int | None:
+    details = getattr(getattr(response, "usage", None), "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return cached if isinstance(cached, int) else None
 
 
 def _usage(response, name: str) -> int | None:
@@ -249,7 +363,14 @@ def _usage(response, name: str) -> int | None:
 
 # -- Anthropic messages ---------------------------------------------------------------------------
 
-async def _anthropic_request(sdk, model, max_tokens, system, messages, tools) -> Reply:
+CACHE = {"type": "ephemeral"}
+
+
+def anthropic_wire(system: str, messages: list[Message], tools: list[Tool]) -> dict:
+    """The request's system, messages and tools, with prompt-cache breakpoints: after the
+    system prompt (which follows the tools, so both are cached), after a message's stable
+    prefix (the frontier's code), and at the end of the conversation so far, so that each
+    turn of a proposal reads the turns before it from the cache. Three of the four allowed."""
     wire: list[dict] = []
     for m in messages:
         if m.role == "assistant":
@@ -258,15 +379,27 @@ async def _anthropic_request(sdk, model, max_tokens, system, messages, tools) ->
                        for c in m.tool_calls]
             wire.append({"role": "assistant", "content": blocks or [{"type": "text", "text": "(no reply)"}]})
             continue
-        block = ({"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content, "is_error": m.is_error}
-                 if m.role == "tool" else {"type": "text", "text": m.content})
-        if wire and wire[-1]["role"] == "user":  # tool results and a nudge share one user turn
-            wire[-1]["content"].append(block)
+        if m.role == "tool":
+            new = [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content, "is_error": m.is_error}]
+        elif 0 < m.cache_prefix < len(m.content):
+            new = [{"type": "text", "text": m.content[:m.cache_prefix], "cache_control": CACHE},
+                   {"type": "text", "text": m.content[m.cache_prefix:]}]
         else:
-            wire.append({"role": "user", "content": [block]})
-    extra = {"tools": [{"name": t.name, "description": t.description, "input_schema": t.parameters}
-                       for t in tools]} if tools else {}
-    response = await sdk.messages.create(model=model, system=system, messages=wire, max_tokens=max_tokens, **extra)
+            new = [{"type": "text", "text": m.content}]
+        if wire and wire[-1]["role"] == "user":  # tool results and a nudge share one user turn
+            wire[-1]["content"].extend(new)
+        else:
+            wire.append({"role": "user", "content": new})
+    if len(messages) > 1 and "cache_control" not in wire[-1]["content"][-1]:
+        wire[-1]["content"][-1] = {**wire[-1]["content"][-1], "cache_control": CACHE}
+    body = {"system": [{"type": "text", "text": system, "cache_control": CACHE}], "messages": wire}
+    if tools:
+        body["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools]
+    return body
+
+
+async def _anthropic_request(sdk, model, max_tokens, system, messages, tools) -> Reply:
+    response = await sdk.messages.create(model=model, max_tokens=max_tokens, **anthropic_wire(system, messages, tools))
     texts, calls = [], []
     for i, block in enumerate(response.content or ()):
         if block.type == "text":
@@ -275,5 +408,11 @@ async def _anthropic_request(sdk, model, max_tokens, system, messages, tools) ->
             arguments, raw = _parse_arguments(block.input)
             calls.append(ToolCall(block.id or f"toolu_{i}", block.name, arguments, raw))
     usage = response.usage
-    return Reply("\n".join(texts), tuple(calls), getattr(usage, "input_tokens", None),
-                 getattr(usage, "output_tokens", None), truncated=response.stop_reason == "max_tokens")
+    fresh = getattr(usage, "input_tokens", None)
+    read = getattr(usage, "cache_read_input_tokens", None) or 0
+    written = getattr(usage, "cache_creation_input_tokens", None) or 0
+    # Anthropic counts cached tokens apart from input_tokens; the row counts every prompt token.
+    return Reply("\n".join(texts), tuple(calls), fresh + read + written if fresh is not None else None,
+                 getattr(usage, "output_tokens", None), truncated=response.stop_reason == "max_tokens",
+                 cache_read_tokens=read if fresh is not None else None,
+                 cache_write_tokens=written if fresh is not None else None)

@@ -14,11 +14,11 @@ from concurrent.futures import CancelledError, Future
 
 from results.metric import Metric
 
-from .llm import CallInfo, Client, LlmError, Message
+from .llm import BudgetSpent, CallInfo, Client, LlmError, Message
 from .orchestrator import Orchestrator
 from .proposer import Outcome, Proposal, ProposalError, ProposalRequest, ProposerContext
 from .tools import short_goal
-from .worker import Context, Worker
+from .worker import Context, ToolCallsMissing, Worker
 
 log = logging.getLogger("autoresearch.agents")
 
@@ -26,6 +26,9 @@ MEMORY_SYSTEM = ("You keep a research notebook for a team improving a small GPT 
                  "one finished experiment, write the lesson in one or two sentences: what was changed, what "
                  "happened, and what it suggests. No preamble.")
 SHUTDOWN_GRACE_S = 20.0  # memories still being written when the supervisor stops
+# Proposals that ended in prose, from a model that has not made one tool call this session,
+# before every lane stops asking it: it cannot call tools (or its server does not let it).
+TOOLLESS_PROPOSALS = 2
 
 
 class LlmProposer:
@@ -42,6 +45,8 @@ class LlmProposer:
         # lane's request may carry a history older than that result.
         self._claimed: dict[str, str] = {}
         self._results = 0
+        self._tool_replies = 0  # replies with a tool call, over every lane's proposals
+        self._toolless = 0  # proposals that ended because the model answered in prose
         self._orchestrating = False
         self._history: tuple = ()  # every lane's experiments, from the latest request
         self._metric = Metric()  # what they are judged by, from the latest request
@@ -61,6 +66,7 @@ class LlmProposer:
 
     def attach(self, context: ProposerContext) -> None:
         self.context = context
+        self.client.window()  # asked once, now, so the log says early what the prompts are fitted to
         self.lanes = context.lanes
         self.orchestrator.lanes = context.lanes
         for client in {id(self.client): self.client, id(self.orchestrator.client): self.orchestrator.client}.values():
@@ -123,8 +129,20 @@ class LlmProposer:
                         **({"max_turns": self.max_turns} if self.max_turns else {}))
         try:
             proposal = await worker.propose(request, Context(direction, memories))
+        except BudgetSpent as e:  # not a failure: the limit the user set
+            raise ProposalError(str(e), exhausted=True, final=True) from None
         except LlmError as e:
             raise ProposalError(str(e), transient=e.transient) from None
+        except ToolCallsMissing as e:
+            self._toolless += 1
+            if self._toolless >= TOOLLESS_PROPOSALS and not self._tool_replies + worker.tool_replies:
+                raise ProposalError(
+                    f"{self.name} has not called a tool in {self._toolless} proposals ({e}); use a model "
+                    f"trained for tool calling, served with tool calling on (llama.cpp: --jinja; vLLM: "
+                    f"--enable-auto-tool-choice)", final=True) from None
+            raise
+        finally:
+            self._tool_replies += worker.tool_replies
         if proposal.change:
             self._claimed[proposal.change] = f"proposed on lane {request.lane}"
         return proposal
@@ -152,6 +170,9 @@ class LlmProposer:
                                                [Message("user", facts)], [],
                                                CallInfo("memory", outcome.lane, outcome.experiment_id))
             text = " ".join(reply.text.split())[:1000]
+        except BudgetSpent:
+            log.info("no memory for #%s: the spending limit is reached", outcome.experiment_id)
+            return
         except LlmError as e:
             log.warning("no memory for #%s: %s", outcome.experiment_id, e)
             return

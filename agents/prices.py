@@ -1,42 +1,53 @@
-"""What a model's tokens cost, for the llm_calls table and the TUI's header.
+"""What a model's tokens cost, for the llm_calls table, the TUI's header and --max-cost.
 
-US dollars per million tokens (input, output), from the providers' public price pages as of
-late 2025. A model not listed has no price: its cost is recorded as unknown (null), never
-guessed, not even from a sibling release. Matched by the longest listed prefix, so a dated
-snapshot ("claude-sonnet-4-5-20250929") finds its release."""
+Prices come from `genai-prices` (pydantic's maintained database of model prices, bundled
+with the package, so no network is needed): per provider, with cached-input and cache-write
+prices and the long-context tiers some models have. A model the database does not know has no
+price: its cost is recorded as unknown (null), never guessed.
+
+Which provider's price list applies: with no --base-url, the SDK's own provider. With a
+--base-url, the list of the provider behind that URL when the database knows it (OpenRouter,
+Together, Groq, ...), else the SDK provider's list for a model of exactly that name (a proxy
+such as LiteLLM in front of the provider); a local server's own models match neither."""
 
 from __future__ import annotations
 
-PER_MILLION: dict[str, tuple[float, float]] = {
-    # Anthropic
-    "claude-opus-4-5": (5.0, 25.0),
-    "claude-opus-4-1": (15.0, 75.0),
-    "claude-opus-4-2025": (15.0, 75.0),
-    "claude-sonnet-4-5": (3.0, 15.0),
-    "claude-sonnet-4-2025": (3.0, 15.0),
-    "claude-haiku-4-5": (1.0, 5.0),
-    "claude-3-7-sonnet": (3.0, 15.0),
-    "claude-3-5-haiku": (0.8, 4.0),
-    # OpenAI
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1": (2.0, 8.0),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.5, 10.0),
-    "gpt-5-nano": (0.05, 0.40),
-    "gpt-5-mini": (0.25, 2.0),
-    "gpt-5": (1.25, 10.0),
-    "o4-mini": (1.10, 4.40),
-    "o3": (2.0, 8.0),
-}
+from dataclasses import dataclass
+from functools import lru_cache
+
+from genai_prices import Usage, calc_price
 
 
-def cost_usd(model: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
-    """The call's cost, or None when the model's price or the token counts are unknown."""
-    if input_tokens is None or output_tokens is None:
+@dataclass(frozen=True)
+class Tokens:
+    """One call's token counts. `input` is every prompt token, cached ones included."""
+
+    input: int
+    output: int
+    cache_read: int = 0  # prompt tokens read from the provider's cache
+    cache_write: int = 0  # prompt tokens written to it (Anthropic charges extra for these)
+
+
+def cost_usd(provider: str, model: str, base_url: str | None, tokens: Tokens | None) -> float | None:
+    """The call's cost in US dollars, or None when the price or the counts are unknown."""
+    if tokens is None:
         return None
-    matches = [prefix for prefix in PER_MILLION if model.startswith(prefix)]
-    if not matches:
-        return None
-    price_in, price_out = PER_MILLION[max(matches, key=len)]
-    return (input_tokens * price_in + output_tokens * price_out) / 1e6
+    usage = Usage(input_tokens=tokens.input, output_tokens=tokens.output,
+                  cache_read_tokens=tokens.cache_read or None, cache_write_tokens=tokens.cache_write or None)
+    for where in _price_lists(provider, base_url):
+        try:
+            return float(calc_price(usage, model_ref=model, **dict(where)).total_price)
+        except LookupError:
+            continue
+    return None
+
+
+def priced(provider: str, model: str, base_url: str | None) -> bool:
+    return cost_usd(provider, model, base_url, Tokens(1000, 1000)) is not None
+
+
+@lru_cache(maxsize=16)
+def _price_lists(provider: str, base_url: str | None) -> tuple[tuple[tuple[str, str], ...], ...]:
+    if not base_url:
+        return ((("provider_id", provider),),)
+    return ((("provider_api_url", base_url),), (("provider_id", provider),))

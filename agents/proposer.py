@@ -20,12 +20,15 @@ class ProposalError(Exception):
     later); the message is one sentence for the log. `transient`: the cause will pass (a rate
     limit, a provider outage), so the lane waits and asks again rather than giving up.
     `exhausted`: not a failure at all: the proposer has nothing left to try here (a moved
-    frontier may give it more), so a line that ends on it ended its search, not in error."""
+    frontier may give it more), so a line that ends on it ended its search, not in error.
+    `final`: the proposer will make no more proposals this session, for a reason the session's
+    end names (a spending limit reached); every lane stops asking at once."""
 
-    def __init__(self, message: str, *, transient: bool = False, exhausted: bool = False):
+    def __init__(self, message: str, *, transient: bool = False, exhausted: bool = False, final: bool = False):
         super().__init__(message)
         self.transient = transient
         self.exhausted = exhausted
+        self.final = final
 
 
 @dataclass(frozen=True)

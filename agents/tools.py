@@ -79,6 +79,7 @@ class Toolbox:
     originals: dict[str, str] = field(default_factory=dict)
     submission: Submission | None = None
     metric: Metric = field(default_factory=Metric)
+    max_result_chars: int = MAX_RESULT_CHARS  # less for a small context window
 
     def __post_init__(self):
         for path in self.editable:
@@ -98,8 +99,8 @@ class Toolbox:
             return f"Refused, the file is unchanged: {e}", True
         except TypeError as e:  # missing or unexpected arguments
             return f"Bad arguments for {name}: {e}. See the tool's schema.", True
-        if len(text) > MAX_RESULT_CHARS:
-            text = text[:MAX_RESULT_CHARS] + f"\n... (cut at {MAX_RESULT_CHARS} characters; ask for less)"
+        if len(text) > self.max_result_chars:
+            text = text[:self.max_result_chars] + f"\n... (cut at {self.max_result_chars} characters; ask for less)"
         return text, False
 
     # -- the files ------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import json
 
 from .memory_index import terms
 from .metric import Direction, Metric, delta, starting_points
-from .records import (Decision, DecisionSource, Experiment, Kind, LeaderboardRow, Memory, NoiseRow, Status,
-                      SUMMARY_COLUMNS)
+from .records import (Decision, DecisionSource, Experiment, Kind, LeaderboardRow, Memory, NoiseRow, SpendingRow,
+                      Status, SUMMARY_COLUMNS)
 
 _EXPERIMENT_FIELDS = [
     "id", "run_id", "lane", "kind", "gpu_index", "gpu_uuid", "gpu_name", "worktree", "branch",
@@ -104,6 +104,21 @@ def noise(con, run_id: str | None = None) -> list[NoiseRow]:
         latest[d["gpu_model"]] = NoiseRow(d["gpu_model"], d.get("sigma"), int(d.get("dof") or 0), d.get("sigma_used"),
                                           d.get("margin"))
     return list(latest.values())
+
+
+def spending(con, run_id: str | None = None) -> SpendingRow:
+    """The LLM calls' tokens and cost, and the proposals they paid for: one session's, or the
+    whole log's without a run id (as the leaderboard)."""
+    where, params = (" WHERE run_id = ?", [run_id]) if run_id else ("", [])
+    calls, tokens_in, cached, tokens_out, cost, unpriced = con.execute(
+        "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(cache_read_tokens), 0), "
+        "coalesce(sum(output_tokens), 0), sum(cost_usd), count(*) FILTER (WHERE outcome = 'ok' AND cost_usd IS NULL) "
+        f"FROM llm_calls{where}", params).fetchall()[0]
+    ran, kept = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE decision = 'keep') FROM experiments "
+        f"WHERE kind = 'proposal' AND status NOT IN ('queued', 'running', 'rejected'){where.replace('WHERE', 'AND')}",
+        params).fetchall()[0]
+    return SpendingRow(calls, int(tokens_in), int(cached), int(tokens_out), cost, unpriced, ran, kept)
 
 
 def recall(con, query: str, k: int = 5, k1: float = 1.2, b: float = 0.75) -> list[Memory]:

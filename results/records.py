@@ -167,6 +167,8 @@ class LlmCall:
     cost_usd: float | None = None  # None when the model's price is unknown
     latency_ms: float | None = None
     error: str | None = None
+    cache_read_tokens: int | None = None  # of input_tokens, read from the provider's prompt cache
+    cache_write_tokens: int | None = None  # of input_tokens, written to it
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,23 @@ class LeaderboardRow:
     lane: int
     description: str
     peak_vram_mb: float | None
+
+
+@dataclass(frozen=True)
+class SpendingRow:
+    """What a session's (or the whole log's) LLM calls cost, and what they bought."""
+
+    calls: int
+    input_tokens: int
+    cache_read_tokens: int
+    output_tokens: int
+    cost_usd: float | None  # None when no call had a price
+    unpriced_calls: int  # answered calls without a price: the cost is at least cost_usd
+    experiments: int  # proposals that ran to a result (ok or crashed)
+    kept: int  # of them, kept
+
+    def per(self, count: int) -> float | None:
+        return self.cost_usd / count if self.cost_usd is not None and count else None
 
 
 @dataclass(frozen=True)

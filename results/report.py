@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .metric import Metric, running_best
-from .records import Decision, Experiment, LeaderboardRow, NoiseRow, Status
+from .records import Decision, Experiment, LeaderboardRow, NoiseRow, SpendingRow, Status
 
 
 def tsv_header(metric: Metric) -> str:
@@ -69,6 +69,27 @@ def noise_lines(rows: list[NoiseRow]) -> str:
         margin = f"; a single run had to beat the frontier by {r.margin:.4f}" if r.margin is not None else ""
         out.append(f"noise on {r.gpu_model}: sigma {r.sigma:.4f} from {r.dof} dof{bound}{margin}\n")
     return "".join(out)
+
+
+def spending_lines(row: SpendingRow) -> str:
+    """The LLM bill: tokens, cost, and cost per experiment run and per experiment kept."""
+    if not row.calls:
+        return ""
+    cached = f" ({_count(row.cache_read_tokens)} from the cache)" if row.cache_read_tokens else ""
+    line = (f"LLM: {row.calls} calls, {_count(row.input_tokens)} tokens in{cached}, "
+            f"{_count(row.output_tokens)} out, ")
+    if row.cost_usd is None:
+        return line + "cost unknown (no price for the model)\n"
+    at_least = "at least " if row.unpriced_calls else ""
+    line += f"{at_least}${row.cost_usd:.2f}"
+    for count, what in ((row.experiments, "experiment run"), (row.kept, "experiment kept")):
+        each = row.per(count)
+        line += f"; ${each:.2f} per {what} ({count})" if each is not None else f"; no {what}"
+    return line + "\n"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 def _jsonable(value):

@@ -148,7 +148,14 @@ def _text(value) -> str | None:
     return str(value) if value is not None else None
 
 
-MIGRATIONS: list[Callable] = [_script(_V1), _v2, _v3]
+# v4: prompt caching. input_tokens stays every prompt token; these say how many of them the
+# provider read from its cache or wrote to it (priced differently).
+_V4 = """
+ALTER TABLE llm_calls ADD COLUMN cache_read_tokens INTEGER;
+ALTER TABLE llm_calls ADD COLUMN cache_write_tokens INTEGER;
+"""
+
+MIGRATIONS: list[Callable] = [_script(_V1), _v2, _v3, _script(_V4)]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ["runs", "experiments", "metrics", "telemetry", "llm_calls", "memories", "memory_terms", "events"]
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from . import queries
 from .memory_index import index_terms
-from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory, NoiseRow,
+from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory, NoiseRow, SpendingRow,
                       MetricPoint, Run, SUMMARY_COLUMNS)
 from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
 
@@ -543,6 +543,9 @@ class Reader:
 
     def noise(self, run_id: str | None = None) -> list[NoiseRow]:
         return queries.noise(self.con, run_id)
+
+    def spending(self, run_id: str | None = None) -> SpendingRow:
+        return queries.spending(self.con, run_id)
 
     def export_parquet(self, folder: Path) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", help="auto (every GPU), 0,2,3 (these), or cpu:N (N CPU lanes); default auto")
     parser.add_argument("--agent", help="offline (the hyperparameter mutator), anthropic:MODEL or openai:MODEL")
     parser.add_argument("--base-url", help="the LLM provider's endpoint, for a proxy or a local server")
+    parser.add_argument("--context-tokens", type=int, metavar="N",
+                        help="the model's context window in tokens (default: asked of the server, else 200k for "
+                             "anthropic, 128k for openai, 8192 for another OpenAI-compatible server)")
+    parser.add_argument("--max-cost", type=float, metavar="USD",
+                        help="the most this session may spend on LLM calls, in US dollars: then the lanes stop "
+                             "proposing, and the runs under way finish and are judged")
     parser.add_argument("--budget", type=float, metavar="SECONDS", help="training seconds per experiment "
                         "(default: the trainer's own, 300 on a GPU)")
     parser.add_argument("--max-experiments", type=int, metavar="N", help="stop after starting N runs")
@@ -92,7 +98,8 @@ def report(argv: list[str]) -> int:
                 rows = reader.leaderboard(args.run, args.limit or None)
                 note = " (live: from the latest snapshot)" if reader.live else ""
                 sys.stdout.write(f"{args.db}{note}: {metric.label}\n" + fmt.leaderboard_table(rows, metric=metric)
-                                 + fmt.noise_lines(reader.noise(args.run)))
+                                 + fmt.noise_lines(reader.noise(args.run))
+                                 + fmt.spending_lines(reader.spending(args.run)))
             elif args.format == "tsv":
                 sys.stdout.write(fmt.results_tsv(reader.experiments(args.run), metric))
             else:

@@ -5,6 +5,9 @@ Example `autoresearch.toml` (every key optional):
     tag = "nov20"
     gpus = "auto"             # auto | 0,2,3 | cpu:N
     agent = "offline"         # offline | anthropic:MODEL | openai:MODEL
+    base_url = "http://127.0.0.1:8080/v1"   # a proxy or a local OpenAI-compatible server
+    context_tokens = 8192     # the model's window (default: asked of the server)
+    max_cost = 20.0           # US dollars of LLM calls this session may spend
     budget = 300              # training seconds per experiment
     max_experiments = 100
     review = false
@@ -49,6 +52,8 @@ class Config:
     gpus: str = "auto"
     agent: str = "offline"
     base_url: str | None = None
+    context_tokens: int | None = None  # the LLM's context window; None: ask the server, else a default
+    max_cost: float | None = None  # US dollars this session may spend on LLM calls; None: no limit
     budget: float | None = None  # None: the trainer's own (300 s for the full profile)
     max_experiments: int | None = None
     db: Path | None = None  # default <repo>/.autoresearch/results.duckdb
@@ -138,6 +143,10 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{name} must be a positive number, not {value!r}.")
 
     positive("budget", config.budget)
+    positive("max_cost", config.max_cost)
+    if config.context_tokens is not None and (isinstance(config.context_tokens, bool) or
+                                              not isinstance(config.context_tokens, int) or config.context_tokens < 1024):
+        raise ConfigError(f"context_tokens must be a whole number of at least 1024, not {config.context_tokens!r}.")
     positive("max_experiments", config.max_experiments)
     positive("hung_seconds", config.hung_seconds, False)
     positive("timeout_seconds", config.timeout_seconds)

@@ -121,7 +121,23 @@ class Drafting:
         else:
             log.error("proposer failed on lane %s", lane.index, exc_info=error)
             message = f"{type(error).__name__}: {error}"
-        if transient:  # throttling or an outage: the lane waits, and says why, but never gives up
+        if getattr(error, "final", False):  # no lane asks again this session
+            ended = getattr(error, "exhausted", False)  # a limit reached (not a failure), or a broken agent
+            first = self.state.proposals_ended is None and self.state.proposals_failed is None
+            if ended:
+                self.state.proposals_ended = self.state.proposals_ended or message
+            else:
+                self.state.proposals_failed = self.state.proposals_failed or message
+            for other in self.state.lanes:
+                if not other.exhausted:
+                    other.exhausted = True
+                    other.gave_up = None if ended else message
+            # A limit reached is said here; a broken agent's cause once, as the session's failure.
+            said = message if ended else f"lane {lane.index}: {self.proposer.name} can make no proposal"
+            if first:  # a lane whose proposal was under way may fail the same way: said once
+                self.ledger.notice(events.Level.WARNING, f"{said}: the lanes stop proposing; the runs under way "
+                                                         f"finish and are judged", lane.index)
+        elif transient:  # throttling or an outage: the lane waits, and says why, but never gives up
             self.ledger.notice(events.Level.WARNING, f"lane {lane.index}: no proposal ({message}); asking again "
                                                      f"in {wait:.0f} s", lane.index)
         elif lane.failures >= PROPOSAL_FAILURES_BEFORE_GIVING_UP:

@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from agents.llm import Client
+from agents.prices import priced
+from agents.spending import Purse
 from agents.llm_proposer import LlmProposer
 from agents.mutator import OfflineMutator
 from results.store import Store, StoreError
@@ -27,7 +29,7 @@ from .workspace import Workspace, WorkspaceError
 
 log = logging.getLogger("autoresearch")
 
-_FLAG_NAMES = ("gpus", "agent", "base_url", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
+_FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
                "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed")
 
 
@@ -59,7 +61,14 @@ def _logging(log_file: Path, console: bool = True) -> None:
     full = logging.FileHandler(log_file)  # tracebacks included, for the morning after
     full.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(full)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per LLM request drowns the research
+    if console:
+        handler.addFilter(_no_http_requests)
+
+
+def _no_http_requests(record: logging.LogRecord) -> bool:
+    """The HTTP library's line per request (httpx, or httpx2 under the current SDKs) would
+    drown the research on the terminal; the log file keeps them."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(("httpx", "httpcore"))
 
 
 def _proposer(config: cfg.Config):
@@ -71,13 +80,27 @@ def _proposer(config: cfg.Config):
     # server (--base-url) usually needs none.
     if not os.environ.get(key) and not (provider == "openai" and config.base_url):
         raise UsageError(f"--agent {config.agent} needs {key} in the environment.")
-    client = Client(provider, model, base_url=config.base_url)
+    client = Client(provider, model, base_url=config.base_url, context_tokens=config.context_tokens,
+                    purse=_purse(config))
     return LlmProposer(client)  # attach() tells it the number of lanes
+
+
+def _purse(config: cfg.Config) -> Purse | None:
+    """The session's spending limit; a limit on a model without a known price is refused."""
+    if config.max_cost is None or config.agent == "offline":
+        return None
+    provider, model = config.agent.split(":", 1)
+    if not priced(provider, model, config.base_url):
+        raise UsageError(f"--max-cost needs the price of {config.agent}, and the price database knows none "
+                         f"for it{' at ' + config.base_url if config.base_url else ''}; run without --max-cost, "
+                         f"or use a model it prices.")
+    return Purse(config.max_cost)
 
 
 def supervise(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
+        _purse(config)  # before anything is written: a limit that cannot be kept is bad input
         repo = (config.repo or Path(".")).resolve()
         if config.demo:
             prepare_data(repo)

@@ -163,6 +163,8 @@ class ResearchState:
     finished: int = 0
     quitting: Quitting | None = None
     failure: str | None = None  # why the research cannot go on, when it cannot
+    proposals_ended: str | None = None  # why the proposer makes no more proposals (a spending limit)
+    proposals_failed: str | None = None  # why it cannot make any (a model that never calls a tool)
     exit_reason: str = ""
 
     @property

@@ -217,13 +217,14 @@ class Supervisor:
         if all(lane.exhausted and lane.next is None for lane in usable) and not state.pending:
             failed = [lane for lane in usable if lane.gave_up is not None]
             if len(failed) == len(usable):  # not one lane ended its search: the proposer is broken
-                state.failure = (f"no lane could get a proposal: the {self.proposer.name} proposer failed "
-                                 f"{PROPOSAL_FAILURES_BEFORE_GIVING_UP} times in a row on every lane (last: "
-                                 f"{failed[-1].gave_up}); check --agent, --base-url and the provider's key")
+                cause = state.proposals_failed or (
+                    f"the {self.proposer.name} proposer failed {PROPOSAL_FAILURES_BEFORE_GIVING_UP} times in a row "
+                    f"on every lane (last: {failed[-1].gave_up}); check --agent, --base-url and the provider's key")
+                state.failure = f"no lane could get a proposal: {cause}"
                 self.ledger.notice(events.Level.ERROR, state.failure)
                 state.exit_reason = "no lane could get a proposal"
             else:
-                state.exit_reason = "the proposer has nothing more to try"
+                state.exit_reason = state.proposals_ended or "the proposer has nothing more to try"
             return True
         return False
 

@@ -75,12 +75,13 @@ print(f"leaked:           [{','.join(leaked)}]")
 '''
 
 
-def make_repo(root: Path) -> Path:
+def make_repo(root: Path, files: dict[str, str] | None = None) -> Path:
     """A git repository whose target is `train.py` (upstream's layout) plus a prepare.py that
-    nobody may edit."""
+    nobody may edit; `files` (name -> text) in their place."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "train.py").write_text(FAKE_TRAIN)
-    (root / "prepare.py").write_text("# the fixed harness\nMAX_SEQ_LEN = 2048\n")
+    for name, text in (files or {"train.py": FAKE_TRAIN,
+                                 "prepare.py": "# the fixed harness\nMAX_SEQ_LEN = 2048\n"}).items():
+        (root / name).write_text(text)
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "start"]):

@@ -72,8 +72,10 @@ __all__ = [
 class Usage:
     """Token counts a reply reports. Normally computed; give one to a reply to fix them."""
 
-    input_tokens: int
+    input_tokens: int  # every prompt token, cached ones included
     output_tokens: int
+    cache_read: int = 0  # of input_tokens, read from the prompt cache
+    cache_write: int = 0  # of input_tokens, written to it (Anthropic only)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ class _FakeLLMServer(ABC):
         else:
             raise TypeError("responder must be a callable or a list of replies")
         self.lock = threading.Lock()
-        self.requests: list[RecordedRequest] = []
+        self.requests: list[RecordedRequest] = []  # the model calls (POST to the endpoint)
+        self.other_requests: list[RecordedRequest] = []  # anything else: a client asking about the model
         self.in_flight = 0
         self.in_flight_max = 0
         self._counter = 0
@@ -277,6 +280,8 @@ class _FakeLLMServer(ABC):
 
     def _handle(self, record: RecordedRequest) -> tuple[int, dict[str, str], dict]:
         """Returns (status, extra headers, JSON body)."""
+        if record.method == "GET" and record.path.split("?", 1)[0] == self.models_path:
+            return 200, {}, self._models_body()
         if record.method != "POST" or record.path.split("?", 1)[0] != self.endpoint:
             reply: Reply = HttpError(404, message=f"fake server serves only POST {self.endpoint}")
         elif not isinstance(record.body, dict):
@@ -300,6 +305,12 @@ class _FakeLLMServer(ABC):
         return 200, {}, self._success_body(reply, model, usage)
 
     # -- wire format, per provider
+
+    models_path = "/v1/models"
+    model_id = "fake-model"
+
+    def _models_body(self) -> dict:
+        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": "fake"}]}
 
     @abstractmethod
     def _success_body(self, reply: Text | ToolCalls, model: str, usage: Usage) -> dict:
@@ -353,8 +364,9 @@ class _Handler(BaseHTTPRequestHandler):
             raw_body=raw,
             arrived=arrived,
         )
+        call = self.command == "POST" and self.path.split("?", 1)[0] == fake.endpoint
         with fake.lock:
-            fake.requests.append(record)
+            (fake.requests if call else fake.other_requests).append(record)
             fake.in_flight += 1
             fake.in_flight_max = max(fake.in_flight_max, fake.in_flight)
         try:
@@ -407,6 +419,18 @@ class OpenAIServer(_FakeLLMServer):
     base_path = "/v1"
     request_id_header = "x-request-id"
 
+    def __init__(self, responder: Responder, *, max_model_len: int | None = None):
+        """``max_model_len``: list the model with its context window, as vLLM does (the real
+        OpenAI API does not say)."""
+        super().__init__(responder)
+        self.max_model_len = max_model_len
+
+    def _models_body(self) -> dict:
+        body = super()._models_body()
+        if self.max_model_len is not None:
+            body["data"][0]["max_model_len"] = self.max_model_len
+        return body
+
     def _success_body(self, reply: Text | ToolCalls, model: str, usage: Usage) -> dict:
         message: dict[str, Any] = {"role": "assistant", "refusal": None}
         if isinstance(reply, Text):
@@ -435,6 +459,7 @@ class OpenAIServer(_FakeLLMServer):
                 "prompt_tokens": usage.input_tokens,
                 "completion_tokens": usage.output_tokens,
                 "total_tokens": usage.input_tokens + usage.output_tokens,
+                "prompt_tokens_details": {"cached_tokens": usage.cache_read},
             },
         }
 
@@ -501,7 +526,10 @@ class AnthropicServer(_FakeLLMServer):
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            # Anthropic counts cached prompt tokens apart from input_tokens
+            "usage": {"input_tokens": usage.input_tokens - usage.cache_read - usage.cache_write,
+                      "output_tokens": usage.output_tokens, "cache_read_input_tokens": usage.cache_read,
+                      "cache_creation_input_tokens": usage.cache_write},
         }
 
     def _error_body(self, error: HttpError) -> dict:

@@ -245,14 +245,17 @@ def test_an_edit_that_does_not_apply_is_refused_and_the_file_is_unchanged(tmp_pa
     assert after == before.replace("VALUE = 1.0", "VALUE = 0.8", 1)  # only the good edit, nothing truncated
 
 
-def test_a_reply_without_a_tool_call_is_nudged_and_a_model_that_never_calls_one_fails(tmp_path, keys):
+def test_a_reply_without_a_tool_call_is_nudged_and_a_model_that_never_calls_one_fails(tmp_path, keys, caplog):
     request = _draft(tmp_path)
     with OpenAIServer([Text("I think lowering VALUE helps."), SET, SUBMIT]) as server:
         _propose(server, request, tmp_path)
     assert "continue with a tool call" in _text_of(server.requests[1].body)
+    # the log says why a lane is slow to propose, in the model's own first words
+    assert any("without calling a tool" in r.message and "I think lowering VALUE helps." in r.message
+               for r in caplog.records)
     request = _draft(tmp_path / "again")
     with OpenAIServer(lambda body: Text("Thinking...")) as server:
-        with pytest.raises(ProposalError, match="stopped calling tools"):
+        with pytest.raises(ProposalError, match="answers without calling tools.*'Thinking...'.*can call tools"):
             _propose(server, request, tmp_path)
     assert len(server.requests) == 3
 

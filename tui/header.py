@@ -73,6 +73,10 @@ def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
         bottom.append(figures.money(view.llm_cost, view.llm_unpriced), style="bold")
     else:
         bottom.append(f"{figures.MISSING} tok {figures.MISSING}", style="dim")
+    if view.max_cost is not None:  # spend against the limit; red once most of it is gone
+        near = (view.llm_cost or 0.0) >= 0.9 * view.max_cost
+        bottom.append(" of ", style="dim")
+        bottom.append(f"${view.max_cost:.2f}", style="bold red" if near else "dim")
     _noise(bottom, view.noise)  # after the cost: at 80 columns its margin is what gets cut
     xs, ys, best_x, best_y = view.best_so_far()
     room = width - bottom.cell_len - 8

@@ -32,10 +32,12 @@ class EngineLink:
     store: object | None = None  # results.store.Store: the experiments table is reloaded from it
     review: bool = False
     metric: Metric = field(default_factory=Metric)
+    max_cost: float | None = None  # the session's LLM spending limit in US dollars, if any
 
     @classmethod
     def of(cls, supervisor, config, store) -> "EngineLink":
         lanes = [LaneInfo(lane.index, lane.gpu.index, lane.gpu.name, lane.gpu.memory_total_mb)
                  for lane in supervisor.lanes]
         return cls(tag=config.tag, lanes=lanes, submit=supervisor.submit, run=supervisor.run,
-                   repo=supervisor.ws.root, store=store, review=config.review, metric=config.metric)
+                   repo=supervisor.ws.root, store=store, review=config.review, metric=config.metric,
+                   max_cost=config.max_cost)

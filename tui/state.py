@@ -139,7 +139,9 @@ class Changes:
 
 
 class ResearchView:
-    def __init__(self, tag: str, lanes: list[LaneInfo], *, review: bool = False, metric: Metric | None = None):
+    def __init__(self, tag: str, lanes: list[LaneInfo], *, review: bool = False, metric: Metric | None = None,
+                 max_cost: float | None = None):
+        self.max_cost = max_cost
         self.tag = tag
         self.review = review
         self.metric = metric or Metric()
