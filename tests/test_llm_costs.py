@@ -419,6 +419,54 @@ def test_the_window_is_learnt_from_the_server_and_a_setting_only_lowers_it(keys)
     assert windows.discover("anthropic", "claude-haiku-4-5", None, None).tokens >= 200_000
 
 
+class _Ollama:
+    """Ollama's /api/show, as its API documents it: the model's trained context length in
+    model_info, and num_ctx among the parameters only when the model file sets one."""
+
+    def __init__(self, parameters: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        shown = {"parameters": parameters, "model_info": {"general.architecture": "qwen3",
+                                                          "qwen3.context_length": 40960}}
+        asked = self.asked = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+                asked.append((self.path, body))
+                found = self.path == "/api/show" and body.get("model") == "qwen3:8b"
+                data = json.dumps(shown if found else {"error": "not found"}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_ollamas_window_is_its_num_ctx_or_its_default_not_the_models_trained_length():
+    with _Ollama("num_ctx                        16384\nstop \"<|im_end|>\"") as set_up:
+        window = windows.discover("openai", "qwen3:8b", set_up.base_url, None)
+        assert (window.tokens, "num_ctx" in window.source) == (16384, True)
+        assert ("/api/show", {"model": "qwen3:8b"}) in set_up.asked
+    with _Ollama('stop "<|im_end|>"') as default:
+        # Ollama runs the model at its default and cuts a longer prompt silently: fit that
+        assert windows.discover("openai", "qwen3:8b", default.base_url, None).tokens == windows.OLLAMA_DEFAULT_CTX
+
+
 def _window_line(proc, limit_s=60.0) -> str:
     """The supervisor's log line that says what window the prompts are fitted to."""
     found = []
