@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import http.client
+import io
 import json
 import math
 import os
@@ -117,6 +119,18 @@ def time_budget(profile: Profile) -> float:
     if not math.isfinite(value) or value <= 0:
         raise fail(f"AUTORESEARCH_TIME_BUDGET must be a positive number of seconds, not {raw!r}.")
     return value
+
+
+def step_budget() -> int | None:
+    """A budget in optimizer steps instead of seconds, from $AUTORESEARCH_STEP_BUDGET (None when
+    unset). A timed run's length depends on how busy the machine is; a run of fixed steps and
+    seed measures the same every time, which is what the demo on a shared laptop needs."""
+    raw = os.environ.get("AUTORESEARCH_STEP_BUDGET")
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise fail(f"AUTORESEARCH_STEP_BUDGET must be a whole number of steps, not {raw!r}.")
+    return int(raw)
 
 
 def cache_root() -> Path:
@@ -695,6 +709,34 @@ def prepare(profile: Profile, *, synthetic: bool, num_shards: int, base_url: str
     return profile_dir(profile)
 
 
+def check(profile: Profile) -> dict:
+    """Whether the profile's data is ready, without changing anything (`autoresearch-tui doctor`
+    asks through `prepare.py --check`): the manifest, every shard readable, the tokenizer."""
+    out = {"profile": profile.name, "dir": str(profile_dir(profile)), "cache": str(cache_root()), "checks": []}
+
+    def said(name: str, ok: bool, detail: str) -> None:
+        out["checks"].append({"name": name, "ok": ok, "detail": detail,
+                              "fix": None if ok else f"uv run {prepare_command(profile).removeprefix('uv run ')}"})
+
+    with contextlib.redirect_stderr(io.StringIO()):  # fail() prints; here its sentence is the detail
+        try:
+            read_manifest(profile)
+            said("profile", True, f"{profile.name} in {profile_dir(profile)}")
+            shards = list_shards(profile, "train") + list_shards(profile, "val")
+        except HarnessError as e:
+            said("profile" if not out["checks"] else "shards", False, str(e))
+            return out
+    bad = [p.name for p in shards if not shard_is_valid(p)]
+    said("shards", not bad, f"{len(shards)} shard(s) readable" if not bad else
+         f"unreadable shard(s): {', '.join(bad[:3])}")
+    try:
+        tokenizer = Tokenizer.from_directory(profile)
+        said("tokenizer", True, f"{tokenizer.get_vocab_size():,} tokens")
+    except (HarnessError, OSError, ValueError) as e:
+        said("tokenizer", False, f"cannot be loaded ({e})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prepare.py", description="Prepare data and tokenizer for a profile.")
     parser.add_argument("--tiny", action="store_true", help="the CPU-sized profile (generated data, offline)")
@@ -704,7 +746,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", default=os.environ.get("AUTORESEARCH_DATA_URL", BASE_URL),
                         help="where shards are downloaded from ($AUTORESEARCH_DATA_URL)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing: print whether the profile's data is ready, as JSON (exit 1 if not)")
     args = parser.parse_args(argv)
+    if args.check:
+        found = check(get_profile("tiny" if args.tiny else args.profile))
+        print(json.dumps(found))
+        return 0 if all(c["ok"] for c in found["checks"]) else 1
 
     if args.tiny and args.profile not in (None, "tiny"):
         raise fail("--tiny and --profile disagree: give one of them.")

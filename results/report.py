@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .metric import Metric, running_best
-from .records import Decision, Experiment, LeaderboardRow, NoiseRow, SpendingRow, Status
+from .records import Decision, Experiment, Kind, LeaderboardRow, NoiseRow, SpendingRow, Status
 
 
 def tsv_header(metric: Metric) -> str:
@@ -134,9 +134,12 @@ def progress_plot(experiments: list[Experiment], path: Path, title: str = "autor
         ax.step([i for i, _ in steps], [b for _, b in steps], where="post", color="#2ca02c", linewidth=1.5,
                 label="running best", zorder=1)
     crashes = len(done) - len(scored)
+    # The starting point's runs are recorded as kept (they are the frontier), but they are not
+    # changes anyone kept: the title counts those.
+    changes_kept = sum(1 for _, e, _ in scored if e.decision is Decision.KEEP and e.kind is not Kind.BASELINE)
     ax.set_xlabel("experiment (in the order run)")
     ax.set_ylabel(metric.label)
-    ax.set_title(f"{title}: {len(done)} experiments, {len(kept)} kept, {crashes} crashed")
+    ax.set_title(f"{title}: {len(done)} experiments, {changes_kept} changes kept, {crashes} crashed")
     ax.grid(alpha=0.3)
     if scored:
         ax.legend(loc="upper right" if metric.direction.value == "lower" else "lower right")

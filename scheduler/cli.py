@@ -70,6 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_doctor_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autoresearch-tui doctor",
+                     description="Check everything a night needs (machine, GPUs, data, target, a smoke run of the "
+                                 "trainer on every lane, the LLM agent) and say what fixes what fails. "
+                                 "Exit 0: a night can run; 1: something blocks it.")
+    parser.add_argument("--repo", type=Path, help="the repository to research on (default: here)")
+    parser.add_argument("--gpus", help="auto (every GPU), 0,2,3 (these), or cpu:N; default auto")
+    parser.add_argument("--agent", help="offline, anthropic:MODEL or openai:MODEL")
+    parser.add_argument("--base-url", help="the LLM provider's endpoint, for a proxy or a local server")
+    parser.add_argument("--context-tokens", type=int, metavar="N", help="the model's context window in tokens")
+    parser.add_argument("--tag", help="the research line whose frontier branch to look at")
+    parser.add_argument("--editable", action="append", metavar="PATH", help="a file the agents may edit")
+    parser.add_argument("--command", dest="target_command", help="the training command")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of settings")
+    parser.add_argument("--quick", action="store_true", help="skip the smoke run (seconds instead of a minute)")
+    parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+    return parser
+
+
+def doctor(argv: list[str]) -> int:
+    from dataclasses import replace
+
+    from . import config as cfg
+    from .doctor import diagnose
+
+    args = build_doctor_parser().parse_args(argv)
+    try:
+        file_values = cfg.load_file(args.config) if args.config else {}
+        flags = {name: getattr(args, name) for name in ("gpus", "agent", "base_url", "context_tokens", "tag")}
+        flags["target"] = {"editable": args.editable, "command": args.target_command}
+        config = cfg.build(file_values, flags)
+    except cfg.ConfigError as e:
+        print(f"autoresearch-tui doctor: {e}", file=sys.stderr)
+        return 2
+    config = replace(config, repo=(args.repo or Path(".")).resolve())
+    result = diagnose(config, quick=args.quick)
+    sys.stdout.write(result.json() if args.json else result.table())
+    return 0 if result.ok else 1
+
+
 def build_report_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autoresearch-tui report",
                      description="Show or export the experiment log (works while a supervisor is writing).")
@@ -123,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         return report(argv[1:])
+    if argv[:1] == ["doctor"]:
+        return doctor(argv[1:])
     from .startup import supervise  # the engine's imports are heavier than report's
 
     return supervise(build_parser().parse_args(argv))

@@ -55,7 +55,7 @@ class Launcher:
             env = child_environment(dict(os.environ), visible_devices=lane.gpu.visible_devices, threads=self.threads,
                                     compile_cache=self.compile_cache / _slug(lane.model), budget=self.config.budget)
             spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), run_dir, env, log_path,
-                           timeout_s=self.config.run_timeout, hung_s=self.config.hung_seconds,
+                           timeout_s=self.config.timeout_after(state.run_seconds), hung_s=self.config.hung_seconds,
                            kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric)
             handle = self.executor.start(
                 spec, on_progress=lambda points, i=exp.id, n=lane.index: self.inbox.put(

@@ -261,7 +261,10 @@ class Policy:
         # Either side may be measured again: the candidate up to max_runs, its reference up to
         # as many runs as the candidate has (the judge runs the less certain one).
         more = n < self.max_runs or m < min(n, MAX_FRONTIER_RUNS)
-        retest = noise.used is not None and more and delta > self.retest_z * noise.used * math.sqrt(1 / n + 1 / m)
+        # No noise at all (runs of fixed steps and seed measure the same every time): a re-run
+        # would measure the same, so a gain under the floor is decided now.
+        retest = (noise.used is not None and noise.used > 0 and more
+                  and delta > self.retest_z * noise.used * math.sqrt(1 / n + 1 / m))
         if retest:
             return Verdict(Ruling.CONFIRM, Rule.RETEST, f"a win inside noise{said}", delta, margin, noise)
         return Verdict(Ruling.DISCARD, Rule.WITHIN_NOISE, f"no better than noise{said}", delta, margin, noise)

@@ -165,6 +165,7 @@ class ResearchState:
     failure: str | None = None  # why the research cannot go on, when it cannot
     proposals_ended: str | None = None  # why the proposer makes no more proposals (a spending limit)
     proposals_failed: str | None = None  # why it cannot make any (a model that never calls a tool)
+    run_seconds: float | None = None  # the longest a run of the starting point took, start to end
     exit_reason: str = ""
 
     @property

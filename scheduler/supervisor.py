@@ -20,6 +20,7 @@ The loop composes its collaborators, each explicit about what it reads and chang
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import time
@@ -308,12 +309,32 @@ class Supervisor:
                       exit_code=result.exit_code, error=result.error, finished_at=result.finished_at)
         lane.run = None
         self.state.finished += 1
+        if exp.kind is Kind.BASELINE and exp.status is Status.OK:
+            self._measured_run_time(exp)
         self.ledger.save(exp)
         self.ledger.learn(exp)
         self.ledger.emit(events.RunFinished(lane.index, exp))
         if exp.status is not Status.INTERRUPTED:  # else the supervisor is quitting now; --resume runs it again
             self._apply(self.judge.result(self.state, exp))
         self.ledger.lane_changed(lane)
+
+    def _measured_run_time(self, exp: Experiment) -> None:
+        """Size the timeouts from what the starting point's runs take, and say so once when
+        the target does not train for the budget it was given."""
+        total = ((exp.finished_at - exp.started_at).total_seconds() if exp.finished_at and exp.started_at
+                 else exp.summary.get("total_seconds"))  # the child's whole life, interpreter start included
+        if not total:
+            return
+        first = self.state.run_seconds is None
+        self.state.run_seconds = max(self.state.run_seconds or 0.0, float(total))
+        training = exp.summary.get("training_seconds")
+        budget = self.config.run_budget
+        stepped = bool(os.environ.get("AUTORESEARCH_STEP_BUDGET"))  # runs of fixed steps (the demo)
+        if first and not stepped and training is not None and abs(training - budget) > 0.5 * budget:
+            self.ledger.notice(events.Level.WARNING,
+                               f"the target trained {training:g} s, not the {budget:g} s budget it was given: it sets "
+                               f"its own budget; runs now time out after "
+                               f"{self.config.timeout_after(self.state.run_seconds):.0f} s (--timeout to choose)")
 
     def _apply(self, actions: list[Action]) -> None:
         """Carry out what the judging rules said, in order."""

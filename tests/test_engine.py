@@ -422,3 +422,22 @@ def test_a_proposer_with_nothing_left_to_try_ends_the_night_successfully(tmp_pat
     assert sup.run() == 0
     assert sup.exit_reason == "the proposer has nothing more to try" and sup.state.failure is None
     store.close()
+
+
+def test_a_target_that_sets_its_own_budget_gets_timeouts_sized_from_its_first_runs(tmp_path, monkeypatch):
+    """The fake trainer trains 0.3 s whatever budget it is given (as forks that read their own
+    TIME_BUDGET do). With no --budget the engine assumed 300 s, a 720 s timeout; once the
+    starting point has run, a run that goes on past twice its length (plus the slack) is
+    stopped as a timeout, not after 12 minutes."""
+    import scheduler.config as config_module
+
+    monkeypatch.setattr(config_module, "TIMEOUT_SLACK_S", 3.0)
+    proposer = ScriptedProposer([{"MODE": "slow", "description": "never ends"}])
+    sup, store, received = engine(tmp_path, proposer, budget=None, timeout_seconds=None, max_experiments=3)
+    assert sup.run() == 0
+    slow = [e for e in store.experiments() if e.description == "never ends"]
+    assert slow and slow[0].status is Status.TIMEOUT
+    assert (slow[0].finished_at - slow[0].started_at).total_seconds() < 60
+    assert any(isinstance(e, events.Notice) and "not the 300 s budget it was given" in e.message for e in received)
+    store.close()
+

@@ -338,3 +338,14 @@ def test_throughput_is_tokens_when_printed_with_enough_digits_else_steps():
         pytest.approx(499.6 / 300)
     assert throughput({"training_seconds": 20.0, "total_tokens_M": 0.1, "num_steps": 16}) == pytest.approx(0.8)
     assert throughput({"training_seconds": 20.0}) is None and throughput({"num_steps": 10}) is None
+
+
+def test_without_noise_a_gain_under_the_floor_is_discarded_at_once_not_re_run():
+    """Runs of fixed steps and seed (the demo) measure the same code the same way: sigma is 0,
+    and a re-run could only repeat the number, so a gain under the floor is decided now."""
+    policy, silent = Policy(), Noise.of(0.0, 3)
+    verdict = policy.judge([1.0 - 0.0004], [1.0, 1.0], silent)
+    assert (verdict.action, verdict.rule) == (Ruling.DISCARD, Rule.WITHIN_NOISE)
+    assert policy.judge([1.0 - 0.003], [1.0, 1.0], silent).action is Ruling.KEEP  # past the floor: kept
+    # with any noise at all the same gain is worth a second look
+    assert policy.judge([1.0 - 0.0004], [1.0, 1.0], Noise.of(0.0001, 3)).action is Ruling.CONFIRM

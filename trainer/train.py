@@ -480,6 +480,7 @@ def build_model(seq_len, vocab_size, device=DEVICE):
 def main():
     profile = prepare.get_profile(PROFILE)
     TIME_BUDGET = prepare.time_budget(profile)
+    STEP_BUDGET = prepare.step_budget()  # set: the run is so many steps, however long they take
     MAX_SEQ_LEN = profile.max_seq_len
     prepare.read_manifest(profile)  # a clear error now rather than after the model is built
     tokenizer = prepare.Tokenizer.from_directory(profile)
@@ -516,7 +517,8 @@ def main():
     grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_micro_step
     train_loader = prepare.make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", profile, DEVICE)
     x, y, epoch = next(train_loader)
-    print(f"budget: {TIME_BUDGET}s | batch: {TOTAL_BATCH_SIZE:,} tokens in {grad_accum_steps} micro-steps")
+    budget = f"{STEP_BUDGET} steps" if STEP_BUDGET else f"{TIME_BUDGET}s"
+    print(f"budget: {budget} | batch: {TOTAL_BATCH_SIZE:,} tokens in {grad_accum_steps} micro-steps")
 
     # ---------------------------------------------------------------------------------------
     # Training loop: the budget counts only steps after the first few (compilation, warm-up)
@@ -546,7 +548,7 @@ def main():
             train_loss = loss.detach()
             (loss / grad_accum_steps).backward()
             x, y, epoch = next(train_loader)
-        progress = min(training_seconds / TIME_BUDGET, 1.0)
+        progress = min(step / STEP_BUDGET if STEP_BUDGET else training_seconds / TIME_BUDGET, 1.0)
         lrm = lr_multiplier(progress)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
@@ -569,7 +571,8 @@ def main():
         debiased = smooth_loss / (1 - 0.9 ** (step + 1))
         tok_per_sec = int(TOTAL_BATCH_SIZE / dt)
         mfu = f"{100 * flops_per_token * tok_per_sec / PEAK_FLOPS:.1f}%" if PEAK_FLOPS else "n/a"
-        remaining = max(0.0, TIME_BUDGET - training_seconds)
+        remaining = (max(0, STEP_BUDGET - step - 1) * dt if STEP_BUDGET
+                     else max(0.0, TIME_BUDGET - training_seconds))
         print(f"step {step:05d} ({100 * progress:.1f}%) | loss: {debiased:.6f} | lrm: {lrm:.2f} | "
               f"dt: {dt * 1000:.0f}ms | tok/sec: {tok_per_sec:,} | mfu: {mfu} | epoch: {epoch} | "
               f"remaining: {remaining:.0f}s", end=progress_end, flush=True)
@@ -581,7 +584,7 @@ def main():
             gc.freeze()
             gc.disable()
         step += 1
-        if step > UNCOUNTED_STEPS and training_seconds >= TIME_BUDGET:
+        if (step >= STEP_BUDGET) if STEP_BUDGET else (step > UNCOUNTED_STEPS and training_seconds >= TIME_BUDGET):
             break
 
     if progress_end == "\r":
@@ -617,6 +620,7 @@ def main():
         "device_name": device_name,
         "profile": PROFILE,
         "time_budget": str(TIME_BUDGET),
+        "step_budget": str(STEP_BUDGET or "none"),
     }
     print("---")
     for key, value in summary.items():
