@@ -130,6 +130,7 @@ class Client:
     max_tokens: int | None = None  # the output cap; None: from the window (a quarter, at most 4096)
     context_tokens: int | None = None  # the window as configured (--context-tokens); None: ask
     purse: Purse | None = None  # the session's spending limit, shared by its clients
+    api_key: str | None = field(default=None, repr=False)  # None: the SDK reads its variable
     report: Callable[[LlmCall], None] = lambda call: None
     run_id: str = ""
     gauge: TokenGauge = field(default_factory=TokenGauge, repr=False)
@@ -144,7 +145,7 @@ class Client:
     def window(self) -> Window:
         """The model's context window in tokens (asks the server once; see agents/window.py)."""
         if self._window is None:
-            self._window = discover(self.provider, self.model, self.base_url, self.context_tokens)
+            self._window = discover(self.provider, self.model, self.base_url, self.context_tokens, self.api_key)
             log.info("%s: a context window of %d tokens (%s)", self.name, self._window.tokens, self._window.source)
         return self._window
 
@@ -161,7 +162,7 @@ class Client:
 
     def _client(self):
         if self._sdk is None:
-            self._sdk = _make_sdk(self.provider, self.base_url, self.request_timeout_s)
+            self._sdk = _make_sdk(self.provider, self.base_url, self.request_timeout_s, self.api_key)
         return self._sdk
 
     async def complete(self, system: str, messages: list[Message], tools: list[Tool], info: CallInfo) -> Reply:
@@ -257,18 +258,20 @@ def _prompt_chars(system: str, messages: list[Message], tools: list[Tool]) -> in
     return size
 
 
-def _make_sdk(provider: str, base_url: str | None, timeout: float):
+def _make_sdk(provider: str, base_url: str | None, timeout: float, api_key: str | None = None):
     # max_retries=0: the retry loop above owns waiting, so one lane's backoff is visible in
     # the accounting and bounded by its budget.
+    key = {"api_key": api_key} if api_key else {}  # else the SDK reads its own variable
     if provider == "anthropic":
         import anthropic
 
-        return anthropic.AsyncAnthropic(base_url=base_url, max_retries=0, timeout=timeout)
+        return anthropic.AsyncAnthropic(base_url=base_url, max_retries=0, timeout=timeout, **key)
     import openai
 
     # A local server (vLLM, Ollama, llama.cpp) usually wants no key, but the SDK insists on one.
-    unused = {"api_key": "unused"} if base_url and not os.environ.get("OPENAI_API_KEY") else {}
-    return openai.AsyncOpenAI(base_url=base_url, max_retries=0, timeout=timeout, **unused)
+    if not key and base_url and not os.environ.get("OPENAI_API_KEY"):
+        key = {"api_key": "unused"}
+    return openai.AsyncOpenAI(base_url=base_url, max_retries=0, timeout=timeout, **key)
 
 
 def _classify(error: Exception, attempt: int) -> tuple[str, float, bool]:

@@ -46,11 +46,13 @@ class Window:
     source: str  # where the number came from, for the log
 
 
-def discover(provider: str, model: str, base_url: str | None, configured: int | None) -> Window:
-    """The model's context window, from the setting, the server, or the provider's default."""
+def discover(provider: str, model: str, base_url: str | None, configured: int | None,
+             api_key: str | None = None) -> Window:
+    """The model's context window, from the setting, the server, or the provider's default.
+    `api_key`: the key for that server (else $OPENAI_API_KEY), sent to it alone."""
     # Only an OpenAI-compatible server is asked (Anthropic's API does not say), and only the
     # one the user named, with the key meant for it.
-    served = _ask_server(model, base_url) if base_url and provider == "openai" else None
+    served = _ask_server(model, base_url, _headers(api_key)) if base_url and provider == "openai" else None
     if configured is not None and served is not None:
         if served.tokens < configured:
             log.warning("--context-tokens %d is more than the server's window (%d, %s): using %d", configured,
@@ -66,12 +68,12 @@ def discover(provider: str, model: str, base_url: str | None, configured: int | 
     return Window(DEFAULT_WINDOW[provider], f"the default for {provider}")
 
 
-def _ask_server(model: str, base_url: str) -> Window | None:
+def _ask_server(model: str, base_url: str, headers: dict) -> Window | None:
     base = base_url.rstrip("/")
     root = base[:-3] if base.endswith("/v1") else base
     for ask in (_vllm_or_llamacpp_models, _llamacpp_props, _ollama_show):
         try:
-            found = ask(model, base, root)
+            found = ask(model, base, root, headers)
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             found = None  # not this kind of server, or not reachable: try the next question
         if found is not None:
@@ -79,8 +81,8 @@ def _ask_server(model: str, base_url: str) -> Window | None:
     return None
 
 
-def _vllm_or_llamacpp_models(model: str, base: str, root: str) -> Window | None:
-    listing = _get_json(f"{base}/models")
+def _vllm_or_llamacpp_models(model: str, base: str, root: str, headers: dict) -> Window | None:
+    listing = _get_json(f"{base}/models", headers)
     entries = [e for e in listing.get("data", []) if isinstance(e, dict)]
     chosen = next((e for e in entries if e.get("id") == model), entries[0] if len(entries) == 1 else None)
     if chosen is None:
@@ -88,26 +90,26 @@ def _vllm_or_llamacpp_models(model: str, base: str, root: str) -> Window | None:
     if isinstance(chosen.get("max_model_len"), int):
         return Window(chosen["max_model_len"], "the server's /v1/models (max_model_len)")
     meta = chosen.get("meta") or {}
-    if isinstance(meta.get("n_ctx"), int) and not _has_props(root):
+    if isinstance(meta.get("n_ctx"), int) and not _has_props(root, headers):
         return Window(meta["n_ctx"], "the server's /v1/models (n_ctx)")
     return None  # llama.cpp: its /props says what one slot holds, which is what a request gets
 
 
-def _has_props(root: str) -> bool:
+def _has_props(root: str, headers: dict) -> bool:
     try:
-        return isinstance(_get_json(f"{root}/props"), dict)
+        return isinstance(_get_json(f"{root}/props", headers), dict)
     except (OSError, ValueError):
         return False
 
 
-def _llamacpp_props(model: str, base: str, root: str) -> Window | None:
-    props = _get_json(f"{root}/props")
+def _llamacpp_props(model: str, base: str, root: str, headers: dict) -> Window | None:
+    props = _get_json(f"{root}/props", headers)
     n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
     return Window(n_ctx, "llama.cpp's /props (n_ctx per slot)") if isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
-def _ollama_show(model: str, base: str, root: str) -> Window | None:
-    shown = _post_json(f"{root}/api/show", {"model": model})
+def _ollama_show(model: str, base: str, root: str, headers: dict) -> Window | None:
+    shown = _post_json(f"{root}/api/show", {"model": model}, headers)
     for line in str(shown.get("parameters") or "").splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == "num_ctx" and parts[1].isdigit():
@@ -120,21 +122,21 @@ def _ollama_show(model: str, base: str, root: str) -> Window | None:
     return Window(min(int(trained), OLLAMA_DEFAULT_CTX), "Ollama's default num_ctx (set num_ctx for more)")
 
 
-def _headers() -> dict:
+def _headers(api_key: str | None) -> dict:
     # A key for the server the user named (vLLM with --api-key); never logged.
-    key = os.environ.get("OPENAI_API_KEY")
+    key = api_key or os.environ.get("OPENAI_API_KEY")
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _get_json(url: str) -> dict:
-    request = urllib.request.Request(url, headers=_headers())
+def _get_json(url: str, headers: dict) -> dict:
+    request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
         return json.loads(response.read())
 
 
-def _post_json(url: str, body: dict) -> dict:
+def _post_json(url: str, body: dict, headers: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **_headers()})
+                                     headers={"Content-Type": "application/json", **headers})
     with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
         return json.loads(response.read())
 

@@ -165,9 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         return report(argv[1:])
     if argv[:1] == ["doctor"]:
         return doctor(argv[1:])
+    # Before anything is imported that starts a helper (gitpython runs `git version` on import):
+    # the provider keys leave the environment, and this process becomes non-dumpable.
+    from .keys import make_undumpable, take_provider_keys
+
+    keys, undumpable = take_provider_keys(), make_undumpable()
     from .startup import supervise  # the engine's imports are heavier than report's
 
-    return supervise(build_parser().parse_args(argv))
+    return supervise(build_parser().parse_args(argv), keys, undumpable)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from . import config as cfg
 from .demo import DEMO_KNOBS, DemoError, demo_config, prepare_data
 from .gpus import GpuSpecError, discover
 from .headless import JsonLinesPrinter, install_signal_handlers
+from .keys import make_undumpable, take_provider_keys
 from .lock import AlreadyRunning, SupervisorLock
 from .supervisor import Supervisor
 from .workspace import Workspace, WorkspaceError
@@ -71,17 +72,17 @@ def _no_http_requests(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or not record.name.startswith(("httpx", "httpcore"))
 
 
-def _proposer(config: cfg.Config):
+def _proposer(config: cfg.Config, keys: dict[str, str]):
     if config.agent == "offline":
         return OfflineMutator(seed=config.seed, include=DEMO_KNOBS if config.demo else None)
     provider, model = config.agent.split(":", 1)
     key = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}[provider]
-    # Keys come from the environment only (the SDKs read them); a local OpenAI-compatible
-    # server (--base-url) usually needs none.
-    if not os.environ.get(key) and not (provider == "openai" and config.base_url):
+    # Keys come from the environment only, taken out of it at start (scheduler/keys.py); a
+    # local OpenAI-compatible server (--base-url) usually needs none.
+    if not keys.get(key) and not (provider == "openai" and config.base_url):
         raise UsageError(f"--agent {config.agent} needs {key} in the environment.")
     client = Client(provider, model, base_url=config.base_url, context_tokens=config.context_tokens,
-                    purse=_purse(config))
+                    purse=_purse(config), api_key=keys.get(key))
     return LlmProposer(client)  # attach() tells it the number of lanes
 
 
@@ -97,7 +98,11 @@ def _purse(config: cfg.Config) -> Purse | None:
     return Purse(config.max_cost)
 
 
-def supervise(args: argparse.Namespace) -> int:
+def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undumpable: bool | None = None) -> int:
+    """`keys`, `undumpable`: what the command line's entry point did before importing this
+    module (gitpython runs `git version` as it is imported); done here if it did not."""
+    if keys is None:
+        keys, undumpable = take_provider_keys(), make_undumpable()
     try:
         config = _config(args)
         _purse(config)  # before anything is written: a limit that cannot be kept is bad input
@@ -115,13 +120,16 @@ def supervise(args: argparse.Namespace) -> int:
                 raise UsageError(f"--resume: the log {store.path} has no research line to resume; start one with --tag.")
             config = cfg.validate(replace(config, tag=latest or cfg.default_tag()))
         gpus = discover(config.gpus)
-        proposer = _proposer(config)
+        proposer = _proposer(config, keys)
         workspace = Workspace(repo, config.tag, config.target.editable)
         lock = SupervisorLock(repo / ".autoresearch" / "locks", config.tag).acquire()
     except (cfg.ConfigError, GpuSpecError, UsageError, WorkspaceError, AlreadyRunning) as e:
         store.close()
         return _usage(e)
     _logging(repo / ".autoresearch" / "logs" / config.tag / "supervisor.log", console=config.no_ui)
+    log.info("provider keys: %s out of the environment; this process is %s", len(keys) or "none",
+             "non-dumpable (same-user processes cannot read its /proc entries)" if undumpable
+             else "dumpable (prctl not available here)")
     sink = JsonLinesPrinter(sys.stdout if config.no_ui else None, config.metric)
     try:
         if config.no_ui:
