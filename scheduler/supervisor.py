@@ -226,6 +226,12 @@ class Supervisor:
                 state.exit_reason = "no lane could get a proposal"
             else:
                 state.exit_reason = state.proposals_ended or "the proposer has nothing more to try"
+                if state.proposals_ended and not any(
+                        e.kind is Kind.PROPOSAL and e.run_id == self.run_id and e.status.finished
+                        and e.status is not Status.REJECTED for e in state.experiments.values()):
+                    # A limit so low that not one proposal ran: the night did none of its work.
+                    state.failure = f"{state.proposals_ended} before any proposal could run: raise --max-cost"
+                    self.ledger.notice(events.Level.ERROR, state.failure)
             return True
         return False
 

@@ -578,3 +578,17 @@ def test_bad_limits_get_one_sentence_exit_2_and_change_nothing(tmp_path, extra, 
     assert not (repo / ".autoresearch").exists()  # no worktree, lock or log
     if db.exists():  # the log may have been opened, but nothing is in it
         assert rows(db, "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM experiments)") == [(0,)]
+
+
+def test_a_limit_too_low_for_any_proposal_ends_the_night_non_zero_and_says_so(tmp_path, keys):
+    """Not one call fits: the baselines run, no proposal does, and the night that did none of
+    its work says so with exit code 1 (not a clean end at the user's limit)."""
+    repo = make_repo(tmp_path / "repo")
+    with AnthropicServer(Billed()) as server:
+        done = subprocess.run(command(repo, "--agent", AGENT, "--base-url", server.base_url, "--max-cost", "0.000001",
+                                      "--max-experiments", "10", db=tmp_path / "log.duckdb"),
+                              cwd=ROOT, env=_env(ANTHROPIC_API_KEY=ANTHROPIC_KEY), capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "before any proposal could run: raise --max-cost" in done.stderr
+    assert not server.requests  # the limit held: no call was made
