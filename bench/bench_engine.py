@@ -51,6 +51,7 @@ from scheduler.config import Config, Target  # noqa: E402
 from scheduler.gpus import Gpu  # noqa: E402
 from scheduler.headless import JsonLinesPrinter, describe  # noqa: E402
 from scheduler.inbox import GpuSampleTaken  # noqa: E402
+from scheduler.sandbox import SandboxChoice, SandboxMode, choose  # noqa: E402
 from scheduler.supervisor import Supervisor  # noqa: E402
 from scheduler.workspace import Workspace  # noqa: E402
 
@@ -287,7 +288,8 @@ def instrument(sup: Supervisor) -> MainThreadTimer:
 
 
 def build(tmp: Path, name: str, *, lanes: list[Gpu], duration: float, rate: float, latency: float,
-          max_experiments: int, sink, lines_per_write: int = 1) -> tuple[Supervisor, Store, SleepyProposer]:
+          max_experiments: int, sink, lines_per_write: int = 1,
+          sandbox: SandboxChoice | None = None) -> tuple[Supervisor, Store, SleepyProposer]:
     knobs = 2 * max_experiments + 16  # enough for every proposal, redrafts included
     repo = make_repo(tmp / name / "repo", duration, rate, knobs, lines_per_write)
     # Two baselines, as when these figures were first taken: the engine's default (two rounds of
@@ -298,7 +300,7 @@ def build(tmp: Path, name: str, *, lanes: list[Gpu], duration: float, rate: floa
     store = Store(tmp / name / "results.duckdb")
     proposer = SleepyProposer(latency, knobs)
     sup = Supervisor(config, store, Workspace(repo, config.tag, config.target.editable), lanes, proposer, sink,
-                     telemetry=False)
+                     telemetry=False, sandbox=sandbox)
     return sup, store, proposer
 
 
@@ -335,12 +337,12 @@ def lane_figures(recorder: Recorder) -> list[LaneFigures]:
     return out
 
 
-def bench_pipelining(tmp: Path, T: float, L: float, N: int) -> dict:
+def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoice | None = None) -> dict:
     lanes = [Gpu(i, None, None, "cpu") for i in range(PIPELINE_LANES)]
     recorder = Recorder(lanes=len(lanes))
     # A few progress lines per second, as a real trainer prints about one per step.
     sup, store, _ = build(tmp, "pipelining", lanes=lanes, duration=T, rate=4.0, latency=L,
-                          max_experiments=PIPELINE_LANES * N, sink=recorder)
+                          max_experiments=PIPELINE_LANES * N, sink=recorder, sandbox=sandbox)
     timer = instrument(sup)
     t0 = time.monotonic()
     code = sup.run()
@@ -613,6 +615,8 @@ def main() -> int:
                     help="extra passes of [2] that split its cost: lines written 5 at a time (fewer wakeups), "
                          "events JSON-encoded but not written, and --profile")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--sandbox", choices=("none", "bwrap"), default="none",
+                    help="run [1]'s trainers in the sandbox (scheduler/sandbox.py), to measure what it costs")
     args = ap.parse_args()
     quick = dict(T=2.0, L=1.0, N=3, D=8.0) if args.quick else dict(T=4.0, L=2.0, N=6, D=30.0)
     T = args.T if args.T is not None else quick["T"]
@@ -636,7 +640,9 @@ def main() -> int:
         diag: list[tuple[str, dict]] = []
         if args.part in ("1", "all"):
             print("\n[1] pipelining")
-            pipe = bench_pipelining(tmp, T, L, N)
+            sandbox = choose(SandboxMode(args.sandbox), tmp)  # the repository will be made inside tmp
+            print(f"  training runs {'sandboxed' if sandbox.active else 'not sandboxed'}: {sandbox.summary}")
+            pipe = bench_pipelining(tmp, T, L, N, sandbox)
             print_pipelining(pipe, T, L)
         if args.part in ("2", "all"):
             print("\n[2] supervisor CPU")

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--command", dest="target_command", help="the training command, run in the worktree "
                         "(default `python -m trainer.train`; `python` is this interpreter)")
     parser.add_argument("--seed", type=int, help="the offline mutator's seed (default 0)")
+    _sandbox_arguments(parser)
     return parser
 
 
@@ -84,9 +85,18 @@ def build_doctor_parser() -> argparse.ArgumentParser:
     parser.add_argument("--editable", action="append", metavar="PATH", help="a file the agents may edit")
     parser.add_argument("--command", dest="target_command", help="the training command")
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of settings")
+    _sandbox_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="skip the smoke run (seconds instead of a minute)")
     parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
     return parser
+
+
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"],
+                        help="confine each training run with bubblewrap: auto (where it works; the default), "
+                             "bwrap (insist) or none")
+    parser.add_argument("--sandbox-read", action="append", metavar="PATH",
+                        help="a path a sandboxed run may also read (the home is hidden but for the data cache)")
 
 
 def doctor(argv: list[str]) -> int:
@@ -98,7 +108,8 @@ def doctor(argv: list[str]) -> int:
     args = build_doctor_parser().parse_args(argv)
     try:
         file_values = cfg.load_file(args.config) if args.config else {}
-        flags = {name: getattr(args, name) for name in ("gpus", "agent", "base_url", "context_tokens", "tag")}
+        flags = {name: getattr(args, name) for name in ("gpus", "agent", "base_url", "context_tokens", "tag",
+                                                        "sandbox", "sandbox_read")}
         flags["target"] = {"editable": args.editable, "command": args.target_command}
         config = cfg.build(file_values, flags)
     except cfg.ConfigError as e:

@@ -71,6 +71,8 @@ class Config:
     no_ui: bool = False
     demo: bool = False
     seed: int = 0
+    sandbox: str = "auto"  # auto | bwrap | none: how training children are confined (scheduler/sandbox.py)
+    sandbox_read: tuple[str, ...] = ()  # more paths a sandboxed run may read (say a data folder in the home)
     target: Target = field(default_factory=Target)
 
     @property
@@ -167,6 +169,13 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"baseline_runs must be a whole number of at least 1, not {config.baseline_runs!r}.")
     if not isinstance(config.noise_floor, (int, float)) or config.noise_floor < 0:
         raise ConfigError(f"noise_floor must be a number of at least 0, not {config.noise_floor!r}.")
+    if config.sandbox not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"sandbox must be auto, bwrap or none, not {config.sandbox!r}.")
+    if isinstance(config.sandbox_read, str) or not all(isinstance(p, str) and p for p in config.sandbox_read):
+        raise ConfigError("sandbox_read must be a list of paths.")
+    for path in config.sandbox_read:
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"sandbox_read: {path} does not exist.")
     if config.keep_rule not in ("noise", "greedy"):
         raise ConfigError(f"keep_rule must be noise or greedy, not {config.keep_rule!r}.")
     if config.target.direction not in ("lower", "higher"):
@@ -187,4 +196,4 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--agent must be offline, anthropic:MODEL or openai:MODEL, not {config.agent!r}.")
     if config.max_experiments is not None:
         config = replace(config, max_experiments=int(config.max_experiments))
-    return config
+    return replace(config, sandbox_read=tuple(config.sandbox_read))

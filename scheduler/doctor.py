@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import config as cfg
 from .gpus import Gpu, GpuSpecError, discover
+from .sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose
 from .workspace import WorkspaceError
 
 MIN_FREE_GB = 1.0  # below this a night cannot even write its logs and checkpoints
@@ -87,6 +88,8 @@ def diagnose(config: cfg.Config, *, quick: bool = False, nvml=None) -> Report:
     gpus, gpu_checks = lanes(config, nvml)
     data_checks, cache = data(config, gpus)
     report.add(*machine(config, gpus, cache))
+    confinement, sandbox_checks = sandbox(config)
+    report.add(*sandbox_checks)
     report.add(*gpu_checks)
     report.add(*data_checks)
     target_checks = target(config)
@@ -95,7 +98,7 @@ def diagnose(config: cfg.Config, *, quick: bool = False, nvml=None) -> Report:
         report.add(Check("smoke", "run", Verdict.WARNING, "skipped (--quick)",
                          "run doctor without --quick before a night"))
     elif gpus and all(c.verdict is not Verdict.FAIL for c in report.checks if c.area in ("data", "target")):
-        report.add(*smoke(config, gpus))
+        report.add(*smoke(config, gpus, confinement))
     elif not gpus:
         report.add(Check("smoke", "run", Verdict.FAIL, "not run: no lane to run it on (see gpu above)",
                          "fix --gpus, then run doctor again"))
@@ -297,14 +300,35 @@ def target(config: cfg.Config) -> list[Check]:
     return out
 
 
+# -- the sandbox ---------------------------------------------------------------------------------------
+
+def sandbox(config: cfg.Config) -> tuple[Sandbox | None, list[Check]]:
+    """Whether training runs will be confined here; the smoke run below then runs confined too,
+    so a target that needs something the sandbox hides shows up now, not at midnight."""
+    extra = tuple(Path(p).expanduser() for p in config.sandbox_read)
+    try:
+        choice = choose(SandboxMode(config.sandbox), Path(config.repo), extra)
+    except SandboxUnavailable as e:
+        return None, [Check("machine", "sandbox", Verdict.FAIL, str(e), "apt install bubblewrap, or --sandbox auto")]
+    if choice.active:
+        return choice.sandbox, [Check("machine", "sandbox", Verdict.OK,
+                                      f"{choice.summary}: runs see a read-only machine, an empty home, no network, "
+                                      f"and only their own processes", None, {"active": True})]
+    fix = ("drop --sandbox none" if config.sandbox == "none" else
+           "apt install bubblewrap" if "not installed" in choice.summary else
+           "let bubblewrap create namespaces here (unprivileged user namespaces, or an AppArmor profile for bwrap)")
+    return None, [Check("machine", "sandbox", Verdict.WARNING,
+                        f"off ({choice.summary}): LLM-written code would run with your rights", fix, {"active": False})]
+
+
 # -- the smoke run ---------------------------------------------------------------------------------------
 
-def smoke(config: cfg.Config, gpus: list[Gpu]) -> list[Check]:
+def smoke(config: cfg.Config, gpus: list[Gpu], confinement: Sandbox | None = None) -> list[Check]:
     from .smoke import smoke_runs
 
     logs = Path(config.repo) / ".autoresearch" / "logs" / "doctor"
     try:
-        results = smoke_runs(Path(config.repo), config.target.command, gpus, logs)
+        results = smoke_runs(Path(config.repo), config.target.command, gpus, logs, sandbox=confinement)
     except (OSError, subprocess.SubprocessError, RuntimeError, WorkspaceError) as e:
         return [Check("smoke", "run", Verdict.FAIL, f"could not start: {e}", "check --command and the repository")]
     out = []

@@ -28,6 +28,7 @@ from typing import Callable
 from results.records import Status
 
 from .runparse import Progress, RunParser, typed_summary
+from .sandbox import Confinement, Sandbox
 
 log = logging.getLogger("autoresearch.executor")
 
@@ -86,6 +87,7 @@ class RunSpec:
     hung_s: float  # silence after which the run is stopped as hung
     kill_grace_s: float = 10.0  # between SIGTERM and SIGKILL
     metric: str = "val_bpb"
+    confinement: Confinement | None = None  # what a sandbox gives the run; None: run it unconfined
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ def utcnow() -> datetime:
 class RunHandle:
     """A live child. `stop()` may be called from any thread, any number of times."""
 
-    def __init__(self, spec: RunSpec, on_progress: Callable[[list[Progress]], None], on_done: Callable[[RunResult], None]):
+    def __init__(self, spec: RunSpec, on_progress: Callable[[list[Progress]], None], on_done: Callable[[RunResult], None],
+                 sandbox: Sandbox | None = None):
         self.spec = spec
         self._on_progress, self._on_done = on_progress, on_done
         self._stop_status: Status | None = None
@@ -158,11 +161,15 @@ class RunHandle:
         self._t0 = time.monotonic()
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         _check_executable(spec.argv, spec.cwd, spec.env.get("PATH"))
+        argv = spec.argv
+        self.sandboxed = sandbox is not None and spec.confinement is not None
+        if self.sandboxed:
+            argv = sandbox.wrap(argv, spec.confinement)
         self._log = spec.log_path.open("ab", buffering=0)
         prefix = _pdeathsig_prefix()
         preexec = None if prefix is not None or sys.platform != "linux" else _die_with_parent
         try:
-            self.proc = subprocess.Popen([*(prefix or ()), *spec.argv], cwd=spec.cwd, env=spec.env,
+            self.proc = subprocess.Popen([*(prefix or ()), *argv], cwd=spec.cwd, env=spec.env,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=preexec)
         except OSError as e:
@@ -270,7 +277,9 @@ class RunHandle:
             status, error = Status.OOM, parser.error_excerpt(1)
         elif exit_code != 0:
             status = Status.CRASH
-            error = (f"killed by signal {-exit_code}" if exit_code < 0 else f"exit code {exit_code}") + \
+            # bwrap reports a child killed by signal N as exit code 128 + N, as a shell does
+            signal_number = -exit_code if exit_code < 0 else exit_code - 128 if self.sandboxed and exit_code > 128 else 0
+            error = (f"killed by signal {signal_number}" if signal_number else f"exit code {exit_code}") + \
                 (f": {parser.error_excerpt(1)}" if parser.tail else "")
         elif summary.get(self.spec.metric) is None and self.spec.metric not in extra:
             status, error = Status.CRASH, f"exited 0 without a {self.spec.metric} in its summary"
@@ -281,9 +290,13 @@ class RunHandle:
 
 
 class LocalExecutor:
-    """Runs experiments as child processes on this machine. The engine sees only start():
-    another executor (a Ray cluster, say) would return a handle with the same methods."""
+    """Runs experiments as child processes on this machine, confined by `sandbox` when there is
+    one (scheduler/sandbox.py). The engine sees only start(): another executor (a Ray cluster,
+    say) would return a handle with the same methods."""
+
+    def __init__(self, sandbox: Sandbox | None = None):
+        self.sandbox = sandbox
 
     def start(self, spec: RunSpec, on_progress: Callable[[list[Progress]], None],
               on_done: Callable[[RunResult], None]) -> RunHandle:
-        return RunHandle(spec, on_progress, on_done)
+        return RunHandle(spec, on_progress, on_done, self.sandbox)

@@ -52,6 +52,7 @@ class Gpu:
     uuid: str | None
     name: str  # NVML name, e.g. "NVIDIA H100 80GB HBM3"; "cpu" for CPU lanes
     memory_total_mb: float | None = None
+    minor: int | None = None  # the card's device node is /dev/nvidia<minor> (the sandbox binds only it)
 
     @property
     def visible_devices(self) -> str:
@@ -146,11 +147,14 @@ def _probe(nvml) -> tuple[list[Gpu], dict[int, str]]:
                 name = _text(_optional(nvml.nvmlDeviceGetName, handle)) or f"GPU {index}"
                 uuid = _text(_optional(nvml.nvmlDeviceGetUUID, handle))
                 memory = _optional(nvml.nvmlDeviceGetMemoryInfo, handle)
+                minor = _optional(nvml.nvmlDeviceGetMinorNumber, handle) \
+                    if hasattr(nvml, "nvmlDeviceGetMinorNumber") else None
             except pynvml.NVMLError as err:
                 unusable[index] = _describe(err)
                 continue
             total = memory.total / _MIB if memory is not None else None
-            usable.append(Gpu(lane=index, index=index, uuid=uuid, name=name, memory_total_mb=total))
+            usable.append(Gpu(lane=index, index=index, uuid=uuid, name=name, memory_total_mb=total,
+                              minor=minor if isinstance(minor, int) else None))
         return usable, unusable
     except pynvml.NVMLError as err:
         raise _NvmlUnavailable(_describe(err)) from None

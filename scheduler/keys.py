@@ -7,9 +7,10 @@ every helper the supervisor starts (git, gitpython's cat-file, setpriv, prepare.
 its environment. So, first thing at start-up, the provider keys are taken out of the
 environment into memory (the SDK clients get them as arguments), and the process makes itself
 non-dumpable, which turns its /proc entries over to root: same-user processes can no longer
-read them (nor ptrace it; py-spy needs sudo while a night runs). What this cannot do: hide the
-key from root, or from the original environment block a same-user reader could see before the
-process turned non-dumpable (a fraction of a second at start-up)."""
+read them (nor ptrace it; py-spy needs sudo while a night runs). The key's bytes in the
+original environment block are zeroed too, so even root's (or an early reader's) look at
+/proc/<pid>/environ finds no key. What this cannot do: hide the key from root reading the
+process's memory, or from a reader in the fraction of a second before this ran."""
 
 from __future__ import annotations
 
@@ -25,8 +26,36 @@ _PR_SET_DUMPABLE, _PR_GET_DUMPABLE = 4, 3
 
 
 def take_provider_keys(environ=os.environ) -> dict[str, str]:
-    """The provider keys, removed from the environment (so nothing started later inherits them)."""
-    return {name: environ.pop(name) for name in PROVIDER_KEYS if environ.get(name)}
+    """The provider keys, removed from the environment (so nothing started later inherits them)
+    and blanked in the process's original environment block."""
+    keys = {name: environ[name] for name in PROVIDER_KEYS if environ.get(name)}
+    if environ is os.environ:
+        for name in keys:
+            _blank_original(name)
+    for name in keys:
+        environ.pop(name)
+    return keys
+
+
+def _blank_original(name: str) -> None:
+    """Overwrite the value of `name` where the kernel put the environment at exec: that block
+    is what /proc/<pid>/environ shows, and unsetenv only drops libc's pointer to it. Root (or a
+    reader quicker than make_undumpable) then finds `NAME=` and zeros, never the key."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        entries = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    except (OSError, ValueError, AttributeError):
+        return
+    prefix = name.encode() + b"="
+    i = 0
+    while entries[i]:
+        address = entries[i]
+        text = ctypes.string_at(address)
+        if text.startswith(prefix):
+            ctypes.memset(address + len(prefix), 0, len(text) - len(prefix))
+        i += 1
 
 
 def make_undumpable() -> bool:

@@ -17,6 +17,7 @@ from .config import Config
 from .drafting import Drafting
 from .executor import RunSpec, child_environment, target_command
 from .inbox import Inbox, RunEnded, RunProgressed
+from .sandbox import Confinement
 from .ledger import Ledger
 from .state import Lane, ResearchState, Running
 from .workspace import Workspace
@@ -52,11 +53,13 @@ class Launcher:
                 lane.run_dir, lane.draft_dir, lane.draft_head = lane.draft_dir, lane.run_dir, None
             else:
                 self.ws.checkout(run_dir, exp.commit)
+            compile_cache = self.compile_cache / _slug(lane.model)
             env = child_environment(dict(os.environ), visible_devices=lane.gpu.visible_devices, threads=self.threads,
-                                    compile_cache=self.compile_cache / _slug(lane.model), budget=self.config.budget)
+                                    compile_cache=compile_cache, budget=self.config.budget)
             spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), run_dir, env, log_path,
                            timeout_s=self.config.timeout_after(state.run_seconds), hung_s=self.config.hung_seconds,
-                           kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric)
+                           kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric,
+                           confinement=Confinement(run_dir, (compile_cache,), lane.gpu))
             handle = self.executor.start(
                 spec, on_progress=lambda points, i=exp.id, n=lane.index: self.inbox.put(
                     RunProgressed(n, i, tuple(points))),

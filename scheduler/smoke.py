@@ -17,6 +17,7 @@ from results.records import Status
 from .executor import LocalExecutor, RunResult, RunSpec, child_environment, target_command
 from .gpus import Gpu
 from .runparse import parse_progress
+from .sandbox import Confinement, Sandbox
 from .workspace import Workspace
 
 SMOKE_BUDGET_S = {"cpu": 10.0, "gpu": 30.0}  # training seconds: enough for steady steps after a compile
@@ -70,7 +71,7 @@ class SmokeResult:
 
 
 def smoke_runs(repo: Path, command: str, gpus: list[Gpu], logs: Path, budget: float | None = None,
-               timeout_s: float = 600.0) -> list[SmokeResult]:
+               timeout_s: float = 600.0, sandbox: Sandbox | None = None) -> list[SmokeResult]:
     """One short run per lane, all at once; returns when every one has ended."""
     budget = budget or SMOKE_BUDGET_S["cpu" if all(g.index is None for g in gpus) else "gpu"]
     Workspace(repo, "doctor", ())  # checks the repository, and keeps .autoresearch/ out of git status
@@ -99,8 +100,9 @@ def smoke_runs(repo: Path, command: str, gpus: list[Gpu], logs: Path, budget: fl
                                         compile_cache=logs / "compile-cache", budget=budget)
                 spec = RunSpec(experiment_id=0, lane=gpu.lane, argv=target_command(command), cwd=tree, env=env,
                                log_path=logs / f"smoke-lane{gpu.lane}.log", timeout_s=timeout_s,
-                               hung_s=min(timeout_s, 600.0), kill_grace_s=5.0)
-                LocalExecutor().start(spec, on_progress=lambda points: None, on_done=finished)
+                               hung_s=min(timeout_s, 600.0), kill_grace_s=5.0,
+                               confinement=Confinement(tree, (logs / "compile-cache",), gpu))
+                LocalExecutor(sandbox).start(spec, on_progress=lambda points: None, on_done=finished)
             done.wait(timeout_s + 30)
         finally:
             for tree in trees:

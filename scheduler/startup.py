@@ -25,13 +25,14 @@ from .gpus import GpuSpecError, discover
 from .headless import JsonLinesPrinter, install_signal_handlers
 from .keys import make_undumpable, take_provider_keys
 from .lock import AlreadyRunning, SupervisorLock
+from .sandbox import SandboxMode, SandboxUnavailable, choose
 from .supervisor import Supervisor
 from .workspace import Workspace, WorkspaceError
 
 log = logging.getLogger("autoresearch")
 
 _FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
-               "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed")
+               "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed", "sandbox", "sandbox_read")
 
 
 class UsageError(Exception):
@@ -120,10 +121,11 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
                 raise UsageError(f"--resume: the log {store.path} has no research line to resume; start one with --tag.")
             config = cfg.validate(replace(config, tag=latest or cfg.default_tag()))
         gpus = discover(config.gpus)
+        sandbox = choose(SandboxMode(config.sandbox), repo, tuple(Path(p).expanduser() for p in config.sandbox_read))
         proposer = _proposer(config, keys)
         workspace = Workspace(repo, config.tag, config.target.editable)
         lock = SupervisorLock(repo / ".autoresearch" / "locks", config.tag).acquire()
-    except (cfg.ConfigError, GpuSpecError, UsageError, WorkspaceError, AlreadyRunning) as e:
+    except (cfg.ConfigError, GpuSpecError, UsageError, WorkspaceError, AlreadyRunning, SandboxUnavailable) as e:
         store.close()
         return _usage(e)
     _logging(repo / ".autoresearch" / "logs" / config.tag / "supervisor.log", console=config.no_ui)
@@ -133,7 +135,7 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     sink = JsonLinesPrinter(sys.stdout if config.no_ui else None, config.metric)
     try:
         if config.no_ui:
-            supervisor = Supervisor(config, store, workspace, gpus, proposer, sink)
+            supervisor = Supervisor(config, store, workspace, gpus, proposer, sink, sandbox=sandbox)
             install_signal_handlers(supervisor.submit)
             code = supervisor.run()
         else:
@@ -141,7 +143,8 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
             # lazily: --no-ui never imports textual (tests/test_tui_layering.py allows exactly this).
             from tui.launch import run_tui
 
-            code = run_tui(lambda ui: Supervisor(config, store, workspace, gpus, proposer, _both(sink, ui)),
+            code = run_tui(lambda ui: Supervisor(config, store, workspace, gpus, proposer, _both(sink, ui),
+                                                 sandbox=sandbox),
                            config, store)
         if config.demo and code == 0:
             log.info("the log: autoresearch-tui report --db %s   the code: git -C %s log %s",

@@ -45,6 +45,7 @@ from .ledger import Ledger
 from .noise import GreedyPolicy, Policy
 from .overrides import Overrides
 from .promotion import Promotion
+from .sandbox import SandboxChoice, SandboxMode
 from .state import Lane, Quitting, Ready, ResearchState
 from .workspace import Workspace
 
@@ -53,9 +54,12 @@ log = logging.getLogger("autoresearch.supervisor")
 
 class Supervisor:
     def __init__(self, config: Config, store: Store, workspace: Workspace, gpus: list[Gpu], proposer: Proposer,
-                 sink: Callable[[events.Event], None] = lambda event: None, executor=None, telemetry: bool = True):
+                 sink: Callable[[events.Event], None] = lambda event: None, executor=None, telemetry: bool = True,
+                 sandbox: SandboxChoice | None = None):
         self.config, self.store, self.ws, self.proposer = config, store, workspace, proposer
-        self.executor = executor or LocalExecutor()
+        # How training children are confined, said at start and in the run's record.
+        self.sandbox = sandbox or SandboxChoice(None, "none given to this engine", SandboxMode.NONE)
+        self.executor = executor or LocalExecutor(self.sandbox.sandbox)
         self.inbox = Inbox()
         run_id = f"{config.tag}-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         folder = workspace.root / ".autoresearch"
@@ -160,7 +164,8 @@ class Supervisor:
     def _start(self) -> None:
         config, state = self.config, self.state
         self.store.start_run(Run(id=self.run_id, tag=config.tag, repo=str(self.ws.root), started_at=utcnow(),
-                                 host=socket.gethostname(), config=_config_record(config, state.lanes)))
+                                 host=socket.gethostname(),
+                                 config=_config_record(config, state.lanes, self.sandbox)))
         self._load_history()
         if self.sampler is not None:
             self.sampler.start()
@@ -168,7 +173,13 @@ class Supervisor:
             self.ledger.lane_changed(lane)
         self.ledger.notice(events.Level.INFO, f"{'resumed' if self.resumed else 'started'} {config.tag} on "
                                               f"{len(state.lanes)} lane(s), frontier {state.frontier[:8]} "
-                                              f"({self.ws.branch})")
+                                              f"({self.ws.branch}); training runs "
+                                              + (f"sandboxed ({self.sandbox.summary})" if self.sandbox.active
+                                                 else f"not sandboxed ({self.sandbox.summary})"))
+        if self.sandbox.fell_back:  # --sandbox auto found none: said once, where it is seen
+            self.ledger.notice(events.Level.WARNING, f"training runs are not sandboxed: {self.sandbox.summary}; "
+                                                     f"LLM-written code runs with your rights (apt install "
+                                                     f"bubblewrap; --sandbox none to silence this)")
 
     def _load_history(self) -> None:
         """Rebuild what earlier sessions of this tag learned: measurements, what was tried, and
@@ -433,9 +444,10 @@ def policy_for(config: Config) -> Policy | GreedyPolicy:
     return Policy(floor=config.noise_floor, baseline_runs=config.baseline_runs)
 
 
-def _config_record(config: Config, lanes: list[Lane]) -> dict:
+def _config_record(config: Config, lanes: list[Lane], sandbox: SandboxChoice) -> dict:
     """What the runs table remembers of a session's configuration (never a secret)."""
     return {"gpus": [f"{lane.gpu.model}#{lane.gpu.index}" for lane in lanes], "agent": config.agent,
+            "sandbox": {"asked": config.sandbox, "active": sandbox.active, "summary": sandbox.summary},
             "budget": config.budget, "review": config.review, "noise_floor": config.noise_floor,
             "keep_rule": config.keep_rule, "baseline_runs": config.baseline_runs,
             "max_experiments": config.max_experiments, "target": {"editable": list(config.target.editable),

@@ -402,3 +402,50 @@ def test_a_gpu_whose_processes_cannot_be_read_is_not_called_idle(gpu_config):
     assert gpu_checks(report) == [("driver", Verdict.OK), ("0", Verdict.OK)]
     assert next(c for c in report.checks if c.area == "gpu" and c.name == "0").detail.endswith(
         "; its processes are not reported")
+
+
+# ------------------------------------------------------------------------- the sandbox
+
+def _fake_bwrap(tmp_path: Path) -> Path:
+    """A bwrap that answers --version but cannot confine anything (no user namespaces)."""
+    fake = tmp_path / "bwrap"
+    fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "bubblewrap 0.9.0"; exit 0; fi\n'
+                    'echo "bwrap: No permissions to create new namespace" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def test_a_sandbox_that_cannot_work_is_a_warning_under_auto_and_a_failure_when_insisted_on(repo, tiny_cache, tmp_path):
+    env = child_env(tiny_cache, AUTORESEARCH_BWRAP=str(_fake_bwrap(tmp_path)))
+    result, payload = doctor_json(tmp_path, tiny_cache, "--repo", str(repo), "--gpus", "cpu:1", "--quick", env=env)
+    check = find(payload, "machine", "sandbox")
+    assert check["verdict"] == "warning"
+    assert "No permissions to create new namespace" in check["detail"] and "your rights" in check["detail"]
+    assert "namespaces" in check["fix"]
+    result, payload = doctor_json(tmp_path, tiny_cache, "--repo", str(repo), "--gpus", "cpu:1", "--quick",
+                                  "--sandbox", "bwrap", env=env)
+    assert result.returncode == 1 and ("machine", "sandbox") in failures(payload)
+
+
+def test_a_working_sandbox_is_checked_and_the_smoke_run_goes_through_it(repo, tiny_cache, tmp_path):
+    from scheduler.sandbox import SandboxMode, SandboxUnavailable, choose
+    try:
+        choose(SandboxMode.BWRAP, repo)
+    except SandboxUnavailable:
+        if not os.environ.get("AUTORESEARCH_REQUIRE_SANDBOX"):
+            pytest.skip("bubblewrap does not work here")
+        raise
+    # A target that reports whether it can reach the network: only a sandboxed run cannot.
+    probe = ("import socket, subprocess, sys\n"
+             "try:\n    socket.create_connection(('127.0.0.1', %d), timeout=2).close(); net = 'yes'\n"
+             "except OSError:\n    net = 'no'\n"
+             "subprocess.run([sys.executable, '-m', 'trainer.train'], check=True)\nprint('network:', net)\n")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        (tmp_path / "probe.py").write_text(probe % server.getsockname()[1])
+        command = f"python {tmp_path / 'probe.py'}"
+        result, payload = doctor_json(tmp_path, tiny_cache, "--repo", str(repo), "--gpus", "cpu:1",
+                                      "--command", command, "--sandbox-read", str(tmp_path))
+    assert find(payload, "machine", "sandbox")["verdict"] == "ok"
+    assert find(payload, "smoke", "lane 0 (cpu)")["verdict"] == "ok", payload
+    log = (repo / ".autoresearch" / "logs" / "doctor" / "smoke-lane0.log").read_text()
+    assert "network: no" in log

@@ -17,6 +17,7 @@ from results.store import Reader
 from scheduler import events, headless
 from scheduler.config import Target
 from scheduler.inbox import Inbox, UnknownMessage
+from scheduler.sandbox import SandboxChoice
 from tui.header import header_text
 from tui.link import LaneInfo
 from tui.state import ResearchView
@@ -177,3 +178,15 @@ def test_a_persons_keep_and_discard_record_who_gave_them_like_every_override(tmp
     moves = con.execute("SELECT detail->>'by', detail->>'undo' FROM events WHERE kind = 'frontier' AND source = 'user' "
                         "ORDER BY t").fetchall()  # in the order they happened (some rows wait for a launch)
     assert moves == [("ada via tui", None), ("bo via tui", "true")]
+
+
+def test_the_header_says_whether_training_runs_are_sandboxed():
+    lanes = [LaneInfo(0, None, "cpu")]
+    confined = header_text(ResearchView("t", lanes, sandbox=SandboxChoice(object(), "bubblewrap 0.8.0")), 0.0, 200)
+    assert "sandboxed" in confined.plain and "not sandboxed" not in confined.plain
+    open_ = header_text(ResearchView("t", lanes, sandbox=SandboxChoice(None, "bubblewrap is not installed")), 0.0, 200)
+    assert "not sandboxed" in open_.plain
+    at = open_.plain.index("not sandboxed")
+    assert any("yellow" in str(span.style) for span in open_.spans if span.start <= at < span.end)
+    # a view nobody told (a test's, a replay's) claims neither
+    assert "sandboxed" not in header_text(ResearchView("t", lanes), 0.0, 200).plain

@@ -26,6 +26,7 @@ MIB = 1024 * 1024
 class FakeCard:
     name: str | bytes = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-0000"
+    minor: int = 0  # /dev/nvidia<minor>
     util: int = 97
     used_mb: int = 40_000
     total_mb: int = 81_559
@@ -86,6 +87,9 @@ class FakeNvml:
 
     def nvmlDeviceGetUUID(self, h):
         return self.cards[h].answer("uuid", self.cards[h].uuid)
+
+    def nvmlDeviceGetMinorNumber(self, h):
+        return self.cards[h].answer("minor", self.cards[h].minor)
 
     def nvmlDeviceGetMemoryInfo(self, h):
         card = self.cards[h]
@@ -215,6 +219,15 @@ def test_an_unknown_index_is_a_user_error():
 def test_a_duplicate_index_is_a_user_error():
     with pytest.raises(GpuSpecError, match="GPU 1 is listed twice"):
         discover("1,0,1", nvml=FakeNvml(FakeCard(), FakeCard()))
+
+
+def test_each_card_knows_its_device_node_for_the_sandbox_unless_nvml_will_not_say():
+    # Minor numbers need not follow NVML's (PCI) order; a card that cannot say gets None,
+    # and the sandbox then binds every card's node rather than guess.
+    lanes = discover("auto", nvml=FakeNvml(FakeCard(minor=3), FakeCard(uuid="GPU-1", minor=0),
+                                           FakeCard(uuid="GPU-2", unsupported={"minor"})))
+    assert [g.minor for g in lanes] == [3, 0, None]
+    assert [g.index for g in lanes] == [0, 1, 2]
 
 
 def test_a_gpu_lane_shows_only_its_card_and_is_compared_by_model():

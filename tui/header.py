@@ -59,6 +59,11 @@ def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
                      if b is not None), None)
         top.append(f" baseline {metric} ", style="dim")
         top.append(figures.bpb(base), style="bold")
+    if view.sandbox is not None:  # whether LLM-written code runs confined: said, never assumed
+        if view.sandbox.active:
+            top.append("   sandboxed", style="dim")
+        else:
+            top.append("   not sandboxed", style="bold yellow")
 
     c = view.counts()
     bottom = Text(no_wrap=True, overflow="ellipsis")

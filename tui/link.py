@@ -12,6 +12,7 @@ from pathlib import Path
 
 from results.metric import Metric
 from scheduler import control
+from scheduler.sandbox import SandboxChoice
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class EngineLink:
     review: bool = False
     metric: Metric = field(default_factory=Metric)
     max_cost: float | None = None  # the session's LLM spending limit in US dollars, if any
+    sandbox: SandboxChoice | None = None  # how training runs are confined; None: not said (tests)
 
     @classmethod
     def of(cls, supervisor, config, store) -> "EngineLink":
@@ -40,4 +42,4 @@ class EngineLink:
                  for lane in supervisor.lanes]
         return cls(tag=config.tag, lanes=lanes, submit=supervisor.submit, run=supervisor.run,
                    repo=supervisor.ws.root, store=store, review=config.review, metric=config.metric,
-                   max_cost=config.max_cost)
+                   max_cost=config.max_cost, sandbox=supervisor.sandbox)

@@ -16,6 +16,7 @@ from results.records import Decision, Experiment, GpuSample, Kind, Status
 from scheduler import events
 from scheduler.noise import Ruling
 from scheduler.runparse import Progress
+from scheduler.sandbox import SandboxChoice
 from scheduler.state import LaneState
 
 from .link import LaneInfo
@@ -140,8 +141,9 @@ class Changes:
 
 class ResearchView:
     def __init__(self, tag: str, lanes: list[LaneInfo], *, review: bool = False, metric: Metric | None = None,
-                 max_cost: float | None = None):
+                 max_cost: float | None = None, sandbox: SandboxChoice | None = None):
         self.max_cost = max_cost
+        self.sandbox = sandbox
         self.tag = tag
         self.review = review
         self.metric = metric or Metric()
