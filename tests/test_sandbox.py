@@ -272,6 +272,25 @@ def test_the_child_sees_a_bare_dev_a_private_tmp_and_its_own_pid_namespace(tmp_p
     assert seen["tmpdir"] == "/tmp" and seen["cwd"] == str(tmp_path)
 
 
+def test_the_child_has_no_capabilities_so_even_root_cannot_remount_the_machine_writable(tmp_path):
+    # As root, bwrap would otherwise leave the child every capability: `mount -o remount,rw /`
+    # then works, and the real /etc is writable (checked by hand once; this keeps it shut).
+    target = ROOT / f".sandbox-probe-{os.getpid()}"  # on the machine's own (read-only) filesystem, not /tmp
+    script = ("import subprocess; from pathlib import Path\n"
+              "caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]\n"
+              "remount = subprocess.run(['mount', '-o', 'remount,bind,rw', '/'], capture_output=True).returncode\n"
+              f"try:\n    Path({str(target)!r}).write_text('x'); wrote = True\nexcept OSError:\n    wrote = False\n"
+              "print(caps, remount, wrote)\n")
+    try:
+        handle, results, done = _run([sys.executable, "-c", script], tmp_path / "wt", _working_sandbox())
+        assert done.wait(30)
+        caps, remount, wrote = (tmp_path / "wt" / "run.log").read_text().split()
+        assert int(caps, 16) == 0 and remount != "0" and wrote == "False"
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)
+
+
 def test_a_gpu_lane_gets_its_own_card_by_uuid_and_the_control_nodes(tmp_path):
     sandbox = _working_sandbox()
     gpu = Gpu(lane=0, index=2, uuid="GPU-8f6c1a3e", name="Fake GPU", minor=5)
