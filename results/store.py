@@ -279,14 +279,20 @@ class Store:
                              [experiment_id, list(call_ids)])
 
     def add_event(self, event: Event) -> int:
+        return self.add_events([event])[0]
+
+    def add_events(self, events: list[Event]) -> list[int]:
+        """Rows in one statement: a second's worth of external agents' calls costs one insert."""
+        if not events:
+            return []
         with self._lock:
-            event_id = self._take_id("events")
-            self.con.execute(
-                "INSERT INTO events (id, t, run_id, kind, source, lane, experiment_id, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [event_id, event.t, event.run_id, event.kind, event.source, event.lane,
-                 event.experiment_id, json.dumps(event.detail)])
-            return event_id
+            ids = [self._take_id("events") for _ in events]
+            values = []
+            for event_id, e in zip(ids, events):
+                values += [event_id, e.t, e.run_id, e.kind, e.source, e.lane, e.experiment_id, json.dumps(e.detail)]
+            self.con.execute("INSERT INTO events (id, t, run_id, kind, source, lane, experiment_id, detail) VALUES "
+                             + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(events)), values)
+            return ids
 
     def remember(self, text: str, tags=(), *, author: str = "", run_id: str | None = None,
                  experiment_id: int | None = None) -> int:

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-ui", action="store_true",
                         help="headless: one JSON object per line on stdout, a human log on stderr")
     parser.add_argument("--gpus", help="auto (every GPU), 0,2,3 (these), or cpu:N (N CPU lanes); default auto")
-    parser.add_argument("--agent", help="offline (the hyperparameter mutator), anthropic:MODEL or openai:MODEL")
+    parser.add_argument("--agent", help="offline (the hyperparameter mutator), anthropic:MODEL, openai:MODEL, or "
+                                        "external (coding agents such as Claude Code or Codex, through the MCP "
+                                        "server)")
     parser.add_argument("--base-url", help="the LLM provider's endpoint, for a proxy or a local server")
     parser.add_argument("--context-tokens", type=int, metavar="N",
                         help="the model's context window in tokens (default: asked of the server, else 200k for "
@@ -68,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default `python -m trainer.train`; `python` is this interpreter)")
     parser.add_argument("--seed", type=int, help="the offline mutator's seed (default 0)")
     _sandbox_arguments(parser)
+    parser.add_argument("--mcp", action="store_true", default=None,
+                        help="host the MCP server for external agents beside the session's own agent "
+                             "(--agent external implies it)")
+    parser.add_argument("--mcp-port", type=int, metavar="N", help="the MCP server's port (default: a free one)")
+    parser.add_argument("--mcp-host", metavar="HOST",
+                        help="where the MCP server listens (default 127.0.0.1; anything else is reachable from "
+                             "other machines, guarded by the token alone)")
+    parser.add_argument("--claim-seconds", type=float, dest="claim_seconds", metavar="SECONDS",
+                        help="an external agent's claim on a lane lapses after this long without a submission "
+                             "(default 1800)")
     return parser
 
 
@@ -170,8 +182,40 @@ def report(argv: list[str]) -> int:
     return 0
 
 
+def build_agent_files_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autoresearch-tui agent-files",
+                     description="Write what starts an external coding agent as the lab's researchers "
+                                 "(run the lab with --agent external).")
+    parser.add_argument("--for", dest="kind", required=True, choices=["claude", "codex"],
+                        help="claude: .mcp.json, an experiment-worker subagent and a /research orchestrator; "
+                             "codex: .codex/config.toml and AGENTS.md")
+    parser.add_argument("--dir", type=Path, default=Path("."), help="where to write them (default: here)")
+    parser.add_argument("--force", action="store_true", help="replace files that exist and differ")
+    return parser
+
+
+def agent_files(argv: list[str]) -> int:
+    from external.files import AgentFilesError, agent_files as files_for, how_to_start, write
+
+    args = build_agent_files_parser().parse_args(argv)
+    try:
+        written = write(files_for(args.kind), args.dir, force=args.force)
+    except AgentFilesError as e:
+        print(f"autoresearch-tui agent-files: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"autoresearch-tui agent-files: cannot write {e.filename}: {e.strerror}.", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    print(how_to_start(args.kind, args.dir.resolve()), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent-files"]:
+        return agent_files(argv[1:])
     if argv[:1] == ["report"]:
         return report(argv[1:])
     if argv[:1] == ["doctor"]:

@@ -4,7 +4,7 @@ Example `autoresearch.toml` (every key optional):
 
     tag = "nov20"
     gpus = "auto"             # auto | 0,2,3 | cpu:N
-    agent = "offline"         # offline | anthropic:MODEL | openai:MODEL
+    agent = "offline"         # offline | anthropic:MODEL | openai:MODEL | external
     base_url = "http://127.0.0.1:8080/v1"   # a proxy or a local OpenAI-compatible server
     context_tokens = 8192     # the model's window (default: asked of the server)
     max_cost = 20.0           # US dollars of LLM calls this session may spend
@@ -73,6 +73,10 @@ class Config:
     seed: int = 0
     sandbox: str = "auto"  # auto | bwrap | none: how training children are confined (scheduler/sandbox.py)
     sandbox_read: tuple[str, ...] = ()  # more paths a sandboxed run may read (say a data folder in the home)
+    mcp: bool = False  # host the MCP server for external agents (implied by --agent external or --mcp-port)
+    mcp_port: int | None = None  # None: a free port
+    mcp_host: str = "127.0.0.1"
+    claim_seconds: float = 1800.0  # an external agent's claim on a lane lapses after this long without a submission
     target: Target = field(default_factory=Target)
 
     @property
@@ -82,6 +86,11 @@ class Config:
     @property
     def metric(self) -> Metric:
         return Metric(self.target.metric, Direction(self.target.direction))
+
+    @property
+    def serves_agents(self) -> bool:
+        """Whether the MCP server for external agents runs this session."""
+        return self.mcp or self.mcp_port is not None or self.agent == "external"
 
     @property
     def run_budget(self) -> float:
@@ -192,8 +201,14 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"editable file {path} must be a path inside the repository.")
     if config.tag and not _TAG.match(config.tag):
         raise ConfigError(f"--tag {config.tag!r} must be letters, digits, '.', '_' or '-' (a git branch name part).")
-    if not (config.agent == "offline" or re.match(r"^(anthropic|openai):\S+$", config.agent)):
-        raise ConfigError(f"--agent must be offline, anthropic:MODEL or openai:MODEL, not {config.agent!r}.")
+    if not (config.agent in ("offline", "external") or re.match(r"^(anthropic|openai):\S+$", config.agent)):
+        raise ConfigError(f"--agent must be offline, external, anthropic:MODEL or openai:MODEL, not {config.agent!r}.")
+    if config.mcp_port is not None and (isinstance(config.mcp_port, bool) or not isinstance(config.mcp_port, int)
+                                        or not 1 <= config.mcp_port <= 65535):
+        raise ConfigError(f"mcp_port must be a port number (1-65535), not {config.mcp_port!r}.")
+    positive("claim_seconds", config.claim_seconds, False)
+    if not isinstance(config.mcp_host, str) or not config.mcp_host:
+        raise ConfigError(f"mcp_host must be a host name or address, not {config.mcp_host!r}.")
     if config.max_experiments is not None:
         config = replace(config, max_experiments=int(config.max_experiments))
     return replace(config, sandbox_read=tuple(config.sandbox_read))

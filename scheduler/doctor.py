@@ -381,6 +381,9 @@ def _mb(x) -> str:
 def agent(config: cfg.Config) -> list[Check]:
     if config.agent == "offline":
         return [Check("agent", "proposer", Verdict.OK, "the offline mutator (no key, no network)")]
+    if config.agent == "external":
+        return [Check("agent", "proposer", Verdict.OK, "external agents through the MCP server (no key here); "
+                      "`autoresearch-tui agent-files --for claude|codex` writes what starts them")]
     provider, model = config.agent.split(":", 1)
     key = KEYS[provider]
     if not os.environ.get(key) and not (provider == "openai" and config.base_url):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import queue
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime
 
 from results.records import Experiment, GpuSample, LlmCall
 
@@ -82,8 +83,29 @@ class CommandGiven:
     command: control.Command
 
 
+@dataclass(frozen=True)
+class AgentCall:
+    """An external agent called one of the MCP server's tools: an events row, with the client's
+    name and what it asked (never its token)."""
+
+    at: datetime
+    client: str
+    tool: str
+    detail: dict
+    lane: int | None = None
+    experiment_id: int | None = None
+
+
+@dataclass(frozen=True)
+class AgentCallsMade:
+    """The calls of the last second, together: eight agents polling once a second would
+    otherwise wake the loop eight times a second for a row each."""
+
+    calls: tuple[AgentCall, ...]
+
+
 Message = (RunProgressed | RunEnded | ProposalDrafted | ProposalReplayed | GpuSampleTaken | GpuLost | LlmCallEnded
-           | MemoryToWrite | CommandGiven)
+           | MemoryToWrite | CommandGiven | AgentCallsMade)
 MESSAGE_TYPES: frozenset[type] = frozenset(Message.__args__)
 
 

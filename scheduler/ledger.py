@@ -15,7 +15,7 @@ from results.store import Store, utcnow
 
 from . import events
 from .noise import GreedyPolicy, Noise, Policy, Rule, Ruling, Verdict, throughput
-from .state import Lane, ResearchState
+from .state import Lane, LaneState, ResearchState
 
 log = logging.getLogger("autoresearch.supervisor")
 
@@ -23,8 +23,9 @@ log = logging.getLogger("autoresearch.supervisor")
 class Ledger:
     def __init__(self, state: ResearchState, store: Store, branch: str, keep_commit: Callable[[int, str], None],
                  sink: Callable[[events.Event], None], observe: Callable[[Experiment], None],
-                 policy: Policy | GreedyPolicy):
+                 policy: Policy | GreedyPolicy, drafting_detail: str = ""):
         self.state, self.store, self.branch, self.policy = state, store, branch, policy
+        self.drafting_detail = drafting_detail  # what a proposing lane says: "waiting for an agent" for external ones
         self.keep_commit = keep_commit  # (id, commit): a ref per experiment, so git never collects its commit
         self._sink = sink
         self._observe = observe  # a proposer that learns is told of every decision
@@ -45,6 +46,8 @@ class Ledger:
                                                      detail={"message": message}))
 
     def lane_changed(self, lane: Lane, detail: str = "") -> None:
+        if not detail and lane.state is LaneState.PROPOSING:
+            detail = self.drafting_detail
         self.emit(events.LaneChanged(lane.index, lane.state, detail, lane.paused))
 
     def event(self, kind: str, source: DecisionSource, lane: int | None = None, experiment_id: int | None = None,

@@ -23,6 +23,7 @@ from . import config as cfg
 from .demo import DEMO_KNOBS, DemoError, demo_config, prepare_data
 from .gpus import GpuSpecError, discover
 from .headless import JsonLinesPrinter, install_signal_handlers
+from .inbox import AgentCallsMade, Inbox, MemoryToWrite
 from .keys import make_undumpable, take_provider_keys
 from .lock import AlreadyRunning, SupervisorLock
 from .sandbox import SandboxMode, SandboxUnavailable, choose
@@ -32,7 +33,8 @@ from .workspace import Workspace, WorkspaceError
 log = logging.getLogger("autoresearch")
 
 _FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
-               "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed", "sandbox", "sandbox_read")
+               "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed", "sandbox", "sandbox_read",
+               "mcp", "mcp_port", "mcp_host", "claim_seconds")
 
 
 class UsageError(Exception):
@@ -68,12 +70,16 @@ def _logging(log_file: Path, console: bool = True) -> None:
 
 
 def _no_http_requests(record: logging.LogRecord) -> bool:
-    """The HTTP library's line per request (httpx, or httpx2 under the current SDKs) would
-    drown the research on the terminal; the log file keeps them."""
-    return record.levelno >= logging.WARNING or not record.name.startswith(("httpx", "httpcore"))
+    """The HTTP library's line per request (httpx, or httpx2 under the current SDKs) and the MCP
+    server's own chatter would drown the research on the terminal; the log file keeps them."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(("httpx", "httpcore", "mcp", "uvicorn"))
 
 
-def _proposer(config: cfg.Config, keys: dict[str, str]):
+def _proposer(config: cfg.Config, keys: dict[str, str], workspace: Workspace):
+    if config.agent == "external":  # coding agents through the MCP server (external/)
+        from external.lanes import ExternalProposer
+
+        return ExternalProposer(workspace.changed_files, workspace.checkout, claim_timeout_s=config.claim_seconds)
     if config.agent == "offline":
         return OfflineMutator(seed=config.seed, include=DEMO_KNOBS if config.demo else None)
     provider, model = config.agent.split(":", 1)
@@ -89,7 +95,7 @@ def _proposer(config: cfg.Config, keys: dict[str, str]):
 
 def _purse(config: cfg.Config) -> Purse | None:
     """The session's spending limit; a limit on a model without a known price is refused."""
-    if config.max_cost is None or config.agent == "offline":
+    if config.max_cost is None or config.agent in ("offline", "external"):
         return None
     provider, model = config.agent.split(":", 1)
     if not priced(provider, model, config.base_url):
@@ -122,8 +128,8 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
             config = cfg.validate(replace(config, tag=latest or cfg.default_tag()))
         gpus = discover(config.gpus)
         sandbox = choose(SandboxMode(config.sandbox), repo, tuple(Path(p).expanduser() for p in config.sandbox_read))
-        proposer = _proposer(config, keys)
         workspace = Workspace(repo, config.tag, config.target.editable)
+        proposer = _proposer(config, keys, workspace)
         lock = SupervisorLock(repo / ".autoresearch" / "locks", config.tag).acquire()
     except (cfg.ConfigError, GpuSpecError, UsageError, WorkspaceError, AlreadyRunning, SandboxUnavailable) as e:
         store.close()
@@ -132,10 +138,24 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     log.info("provider keys: %s out of the environment; this process is %s", len(keys) or "none",
              "non-dumpable (same-user processes cannot read its /proc entries)" if undumpable
              else "dumpable (prctl not available here)")
-    sink = JsonLinesPrinter(sys.stdout if config.no_ui else None, config.metric)
+    printer = JsonLinesPrinter(sys.stdout if config.no_ui else None, config.metric)
+    listeners: list = []  # sinks that join once the engine exists (the external agents' view)
+    sink = _both(printer, lambda event: [listener(event) for listener in listeners])
+    inbox, door = Inbox(), None
     try:
+        announce: tuple[str, ...] = ()
+        if config.serves_agents:
+            door, announce = _open_door(config, store, gpus, proposer, inbox, listeners)
+
+        def engine(events_sink):
+            supervisor = Supervisor(config, store, workspace, gpus, proposer, events_sink, sandbox=sandbox,
+                                    inbox=inbox, announce=announce, on_close=(door.stop,) if door else ())
+            for listener in listeners:
+                listener.started(supervisor.frontier)
+            return supervisor
+
         if config.no_ui:
-            supervisor = Supervisor(config, store, workspace, gpus, proposer, sink, sandbox=sandbox)
+            supervisor = engine(sink)
             install_signal_handlers(supervisor.submit)
             code = supervisor.run()
         else:
@@ -143,19 +163,52 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
             # lazily: --no-ui never imports textual (tests/test_tui_layering.py allows exactly this).
             from tui.launch import run_tui
 
-            code = run_tui(lambda ui: Supervisor(config, store, workspace, gpus, proposer, _both(sink, ui),
-                                                 sandbox=sandbox),
-                           config, store)
+            code = run_tui(lambda ui: engine(_both(sink, ui)), config, store,
+                           agents_url=door.endpoint.url if door else None)
         if config.demo and code == 0:
             log.info("the log: autoresearch-tui report --db %s   the code: git -C %s log %s",
                      config.db_path, repo, workspace.branch)
         return code
+    except UsageError as e:
+        return _usage(e)
     except Exception:  # noqa: BLE001 - ours: the traceback goes to the log, the data stays
         log.exception("the supervisor failed")
         return 1
     finally:
+        if door is not None:
+            door.stop()
         store.close()
         lock.release()
+
+
+def _open_door(config: cfg.Config, store: Store, gpus, proposer, inbox: Inbox, listeners: list):
+    """The MCP server for external agents (external/), started before the engine so that its
+    URL is in the started notice; its record of calls and its memories go to the engine's inbox."""
+    from external.calls import CallLog
+    from external.lanes import ExternalProposer
+    from external.server import Lab, McpThread
+    from external.view import LabView
+
+    view = LabView(config.tag, [(g.lane, g.name) for g in gpus], "", config.metric, budget_s=config.budget,
+                   max_experiments=config.max_experiments, max_cost=config.max_cost)
+    view.seed(store.experiments(tag=config.tag))
+    listeners.append(view)
+    lab = Lab(view, proposer if isinstance(proposer, ExternalProposer) else None, config.target.editable,
+              config.repo, recall=lambda query, k: [m.text for m in store.recall(query, k)],
+              remember=lambda text, tags, author: inbox.put(MemoryToWrite(text, tags, author)),
+              record=CallLog(lambda calls: inbox.put(AgentCallsMade(calls))))
+    door = McpThread(lab, config.repo / ".autoresearch", host=config.mcp_host, port=config.mcp_port)
+    try:
+        door.start()
+    except OSError as e:
+        raise UsageError(f"the MCP server cannot listen on {config.mcp_host}:{config.mcp_port}: {e.strerror}; "
+                         f"choose another --mcp-port.") from None
+    line = f"external agents: MCP server at {door.endpoint.url} (its token in {door.endpoint.file})"
+    if config.mcp_host not in ("127.0.0.1", "localhost", "::1"):
+        line += "; it listens beyond this machine, guarded by its token alone"
+        log.warning("the MCP server listens on %s: other machines can reach it, guarded by its token alone",
+                    config.mcp_host)
+    return door, (line,)
 
 
 def _both(first, second):

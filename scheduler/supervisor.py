@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Callable
 
 from agents.proposer import Proposer, ProposerContext
-from results.records import DecisionSource, Experiment, Kind, MetricPoint, Run, Status
+from results.records import DecisionSource, Event as StoredEvent, Experiment, Kind, MetricPoint, Run, Status
 from results.store import Store, utcnow
 
 from . import control, events
@@ -37,8 +37,8 @@ from .config import Config
 from .drafting import PROPOSAL_FAILURES_BEFORE_GIVING_UP, Drafting
 from .executor import LocalExecutor
 from .gpus import Gpu, TelemetrySampler
-from .inbox import (CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded, MemoryToWrite, Message,
-                    ProposalDrafted, ProposalReplayed, RunEnded, RunProgressed, UnknownMessage)
+from .inbox import (AgentCallsMade, CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded, MemoryToWrite,
+                    Message, ProposalDrafted, ProposalReplayed, RunEnded, RunProgressed, UnknownMessage)
 from .judge import Action, Confirm, Decide, FrontierFailed, Judge, Promote, Queue
 from .launching import Launcher
 from .ledger import Ledger
@@ -55,12 +55,15 @@ log = logging.getLogger("autoresearch.supervisor")
 class Supervisor:
     def __init__(self, config: Config, store: Store, workspace: Workspace, gpus: list[Gpu], proposer: Proposer,
                  sink: Callable[[events.Event], None] = lambda event: None, executor=None, telemetry: bool = True,
-                 sandbox: SandboxChoice | None = None):
+                 sandbox: SandboxChoice | None = None, inbox: Inbox | None = None, announce: tuple[str, ...] = (),
+                 on_close: tuple[Callable[[], None], ...] = ()):
         self.config, self.store, self.ws, self.proposer = config, store, workspace, proposer
+        self.announce = announce  # more for the started notice (where external agents reach this session)
+        self.on_close = on_close  # what stops writing to the inbox before the last records are drained
         # How training children are confined, said at start and in the run's record.
         self.sandbox = sandbox or SandboxChoice(None, "none given to this engine", SandboxMode.NONE)
         self.executor = executor or LocalExecutor(self.sandbox.sandbox)
-        self.inbox = Inbox()
+        self.inbox = inbox or Inbox()  # given when something outside (the MCP server) writes to it from the start
         run_id = f"{config.tag}-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         folder = workspace.root / ".autoresearch"
         self.logs = folder / "logs" / config.tag
@@ -72,7 +75,8 @@ class Supervisor:
                                    max_experiments=config.max_experiments)
         self.judge = Judge(policy_for(config))
         self.ledger = Ledger(self.state, store, workspace.branch, workspace.keep_commit, sink,
-                             observe=lambda exp: self.drafting.observe(exp), policy=self.judge.policy)
+                             observe=lambda exp: self.drafting.observe(exp), policy=self.judge.policy,
+                             drafting_detail=getattr(proposer, "drafting_detail", ""))
         self.promotion = Promotion(self.state, workspace, self.ledger, self.judge)
         self.drafting = Drafting(self.state, config, workspace, proposer, self.inbox, self.ledger)
         self.overrides = Overrides(self.state, workspace, self.ledger, self.promotion)
@@ -90,6 +94,7 @@ class Supervisor:
             MemoryToWrite: lambda m: self.store.remember(m.text, m.tags, author=m.author, run_id=self.run_id,
                                                          experiment_id=m.experiment_id),
             CommandGiven: lambda m: self.overrides.apply(m.command),
+            AgentCallsMade: self._agent_calls,
         }
         if hasattr(proposer, "attach"):  # the LLM agents: memories, transcripts, call accounting
             proposer.attach(ProposerContext(
@@ -145,6 +150,11 @@ class Supervisor:
             self._shutdown()
         return 1 if self.state.failure else 0
 
+    def _agent_calls(self, message: AgentCallsMade) -> None:
+        self.ledger.later(self.store.add_events, [
+            StoredEvent(call.at, self.run_id, f"agent:{call.tool}", DecisionSource.AUTO.value, call.lane,
+                        call.experiment_id, {"client": call.client, **call.detail}) for call in message.calls])
+
     def _wait_time(self) -> float:
         now = time.monotonic()
         waits = [lane.retry_at - now for lane in self.state.lanes if lane.retry_at > now]
@@ -175,7 +185,8 @@ class Supervisor:
                                               f"{len(state.lanes)} lane(s), frontier {state.frontier[:8]} "
                                               f"({self.ws.branch}); training runs "
                                               + (f"sandboxed ({self.sandbox.summary})" if self.sandbox.active
-                                                 else f"not sandboxed ({self.sandbox.summary})"))
+                                                 else f"not sandboxed ({self.sandbox.summary})")
+                           + "".join(f"; {line}" for line in self.announce))
         if self.sandbox.fell_back:  # --sandbox auto found none: said once, where it is seen
             self.ledger.notice(events.Level.WARNING, f"training runs are not sandboxed: {self.sandbox.summary}; "
                                                      f"LLM-written code runs with your rights (apt install "
@@ -397,6 +408,11 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         self.ledger.write_deferred()
+        for close in self.on_close:  # the MCP server: its last calls reach the log below
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing %s failed", close)
         for lane in self.state.lanes:
             if lane.run is not None:  # only after an error of ours: never leave a child behind
                 lane.run.handle.stop(Status.INTERRUPTED)
@@ -427,7 +443,7 @@ class Supervisor:
                 message = self.inbox.get(timeout=0)
             except queue.Empty:
                 return
-            if isinstance(message, (MemoryToWrite, LlmCallEnded, RunProgressed, GpuSampleTaken)):
+            if isinstance(message, (MemoryToWrite, LlmCallEnded, RunProgressed, GpuSampleTaken, AgentCallsMade)):
                 self._handle(message)
 
 

@@ -23,6 +23,13 @@ def test_the_headless_demo_keeps_and_discards_and_the_frontier_agrees_with_the_l
     events = [json.loads(line) for line in result.stdout.splitlines()]
     # 8, and any confirmation or verification still needed to judge them
     assert events[-1]["event"] == "finished" and events[-1]["experiments"] >= 8
+    # where bubblewrap works the demo's runs are confined by default, and it says which
+    from scheduler.sandbox import SandboxMode, choose
+    started = next(e["message"] for e in events if e["event"] == "notice" and " started " in f" {e['message']}")
+    sandboxed = choose(SandboxMode.AUTO, tmp_path).active
+    assert ("training runs sandboxed (bubblewrap" in started) is sandboxed, started
+    if os.environ.get("AUTORESEARCH_REQUIRE_SANDBOX"):
+        assert sandboxed
 
     demo = tmp_path / ".autoresearch" / "demo"
     con = duckdb.connect(str(demo / "results.duckdb"), read_only=True)

@@ -190,3 +190,10 @@ def test_the_header_says_whether_training_runs_are_sandboxed():
     assert any("yellow" in str(span.style) for span in open_.spans if span.start <= at < span.end)
     # a view nobody told (a test's, a replay's) claims neither
     assert "sandboxed" not in header_text(ResearchView("t", lanes), 0.0, 200).plain
+
+
+def test_the_header_shows_where_external_agents_connect_and_never_a_token():
+    lanes = [LaneInfo(0, None, "cpu")]
+    text = header_text(ResearchView("t", lanes, agents_url="http://127.0.0.1:8765/mcp"), 0.0, 200).plain
+    assert "MCP 127.0.0.1:8765" in text
+    assert "MCP" not in header_text(ResearchView("t", lanes), 0.0, 200).plain

@@ -101,7 +101,7 @@ class ResearchApp(Overrides, App[int]):
         self.freeze_after_start = freeze_after_start  # for the one app a process runs (run_tui)
         self.link = link
         self.view = ResearchView(link.tag, link.lanes, review=link.review, metric=link.metric,
-                                 max_cost=link.max_cost, sandbox=link.sandbox)
+                                 max_cost=link.max_cost, sandbox=link.sandbox, agents_url=link.agents_url)
         self.clock = clock
         self.started = clock()
         self.by = f"{user or current_user()} via tui"

@@ -64,6 +64,9 @@ def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
             top.append("   sandboxed", style="dim")
         else:
             top.append("   not sandboxed", style="bold yellow")
+    if view.agents_url:  # where external agents connect (the token is in .autoresearch/mcp.json)
+        top.append("   MCP ", style="dim")
+        top.append(view.agents_url.removeprefix("http://").removesuffix("/mcp"), style="bold")
 
     c = view.counts()
     bottom = Text(no_wrap=True, overflow="ellipsis")

@@ -18,7 +18,7 @@ log = logging.getLogger("autoresearch.tui")
 JOIN_SECONDS = 60.0  # after the app closed: the runs get SIGTERM, then SIGKILL after the grace
 
 
-def run_tui(make_supervisor: Callable, config, store) -> int:
+def run_tui(make_supervisor: Callable, config, store, agents_url: str | None = None) -> int:
     """`make_supervisor(sink)` builds the engine with the app's sink. The app runs the engine
     on a worker thread, stays open after it finishes until a person quits, and returns its
     exit code; however the app closes, no run outlives it."""
@@ -29,7 +29,7 @@ def run_tui(make_supervisor: Callable, config, store) -> int:
             app.sink(event)
 
     supervisor = make_supervisor(sink)
-    app = ResearchApp(EngineLink.of(supervisor, config, store), freeze_after_start=True)
+    app = ResearchApp(EngineLink.of(supervisor, config, store, agents_url), freeze_after_start=True)
 
     def on_signal(command) -> None:  # SIGTERM (or SIGINT from `kill`): as headless, and then close
         app.quit_when_done = True

@@ -35,11 +35,12 @@ class EngineLink:
     metric: Metric = field(default_factory=Metric)
     max_cost: float | None = None  # the session's LLM spending limit in US dollars, if any
     sandbox: SandboxChoice | None = None  # how training runs are confined; None: not said (tests)
+    agents_url: str | None = None  # the MCP server external agents reach this session at, if any
 
     @classmethod
-    def of(cls, supervisor, config, store) -> "EngineLink":
+    def of(cls, supervisor, config, store, agents_url: str | None = None) -> "EngineLink":
         lanes = [LaneInfo(lane.index, lane.gpu.index, lane.gpu.name, lane.gpu.memory_total_mb)
                  for lane in supervisor.lanes]
         return cls(tag=config.tag, lanes=lanes, submit=supervisor.submit, run=supervisor.run,
                    repo=supervisor.ws.root, store=store, review=config.review, metric=config.metric,
-                   max_cost=config.max_cost, sandbox=supervisor.sandbox)
+                   max_cost=config.max_cost, sandbox=supervisor.sandbox, agents_url=agents_url)

@@ -141,9 +141,11 @@ class Changes:
 
 class ResearchView:
     def __init__(self, tag: str, lanes: list[LaneInfo], *, review: bool = False, metric: Metric | None = None,
-                 max_cost: float | None = None, sandbox: SandboxChoice | None = None):
+                 max_cost: float | None = None, sandbox: SandboxChoice | None = None,
+                 agents_url: str | None = None):
         self.max_cost = max_cost
         self.sandbox = sandbox
+        self.agents_url = agents_url
         self.tag = tag
         self.review = review
         self.metric = metric or Metric()
