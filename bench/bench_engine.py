@@ -21,6 +21,7 @@ crashes. See bench/README.md."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import io
@@ -289,7 +290,7 @@ def instrument(sup: Supervisor) -> MainThreadTimer:
 
 def build(tmp: Path, name: str, *, lanes: list[Gpu], duration: float, rate: float, latency: float,
           max_experiments: int, sink, lines_per_write: int = 1,
-          sandbox: SandboxChoice | None = None) -> tuple[Supervisor, Store, SleepyProposer]:
+          sandbox: SandboxChoice | None = None, executor=None) -> tuple[Supervisor, Store, SleepyProposer]:
     knobs = 2 * max_experiments + 16  # enough for every proposal, redrafts included
     repo = make_repo(tmp / name / "repo", duration, rate, knobs, lines_per_write)
     # Two baselines, as when these figures were first taken: the engine's default (two rounds of
@@ -300,7 +301,7 @@ def build(tmp: Path, name: str, *, lanes: list[Gpu], duration: float, rate: floa
     store = Store(tmp / name / "results.duckdb")
     proposer = SleepyProposer(latency, knobs)
     sup = Supervisor(config, store, Workspace(repo, config.tag, config.target.editable), lanes, proposer, sink,
-                     telemetry=False, sandbox=sandbox)
+                     telemetry=False, sandbox=sandbox, executor=executor)
     return sup, store, proposer
 
 
@@ -337,12 +338,15 @@ def lane_figures(recorder: Recorder) -> list[LaneFigures]:
     return out
 
 
-def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoice | None = None) -> dict:
-    lanes = [Gpu(i, None, None, "cpu") for i in range(PIPELINE_LANES)]
+def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoice | None = None,
+                     cluster=None) -> dict:
+    """`cluster`: a RayCluster (scheduler/raycluster.py) whose GPUs are the lanes, else CPU lanes here."""
+    lanes = cluster.lanes(str(PIPELINE_LANES)) if cluster else [Gpu(i, None, None, "cpu") for i in range(PIPELINE_LANES)]
     recorder = Recorder(lanes=len(lanes))
     # A few progress lines per second, as a real trainer prints about one per step.
     sup, store, _ = build(tmp, "pipelining", lanes=lanes, duration=T, rate=4.0, latency=L,
-                          max_experiments=PIPELINE_LANES * N, sink=recorder, sandbox=sandbox)
+                          max_experiments=PIPELINE_LANES * N, sink=recorder, sandbox=sandbox,
+                          executor=cluster.executor(UPSTREAM_TARGET.command) if cluster else None)
     timer = instrument(sup)
     t0 = time.monotonic()
     code = sup.run()
@@ -599,6 +603,42 @@ def print_cpu(res: dict, label: str) -> None:
 
 # -- main ------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def local_ray(address: str | None):
+    """A RayCluster on `address`, or on a head node started here (4 logical GPUs) and stopped after."""
+    from scheduler.raycluster import RayCluster
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    started = address is None
+    if started:
+        port = 6400 + os.getpid() % 1000
+        subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", str(PIPELINE_LANES + 2),
+                        "--num-gpus", str(PIPELINE_LANES), "--include-dashboard=false", "--disable-usage-stats"],
+                       check=True, capture_output=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        address = f"127.0.0.1:{port}"
+    cluster = RayCluster(address)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        if started:
+            subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+
+
+def ray_memory_mb() -> float:
+    """The resident memory of this machine's Ray processes (GCS, raylet, workers, the lanes' actors)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ray" in cmdline and b"bench_engine" not in cmdline:
+            total += next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="T=2, L=1, N=3, D=8 (about a minute)")
@@ -615,6 +655,9 @@ def main() -> int:
                     help="extra passes of [2] that split its cost: lines written 5 at a time (fewer wakeups), "
                          "events JSON-encoded but not written, and --profile")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="[1] on a Ray cluster's GPUs: --ray-address, or a local one started here (4 logical GPUs)")
+    ap.add_argument("--ray-address", help="an existing Ray cluster for --executor ray")
     ap.add_argument("--sandbox", choices=("none", "bwrap"), default="none",
                     help="run [1]'s trainers in the sandbox (scheduler/sandbox.py), to measure what it costs")
     args = ap.parse_args()
@@ -642,7 +685,13 @@ def main() -> int:
             print("\n[1] pipelining")
             sandbox = choose(SandboxMode(args.sandbox), tmp)  # the repository will be made inside tmp
             print(f"  training runs {'sandboxed' if sandbox.active else 'not sandboxed'}: {sandbox.summary}")
-            pipe = bench_pipelining(tmp, T, L, N, sandbox)
+            if args.executor == "ray":
+                with local_ray(args.ray_address) as cluster:
+                    pipe = bench_pipelining(tmp, T, L, N, cluster=cluster)
+                    pipe["ray_rss_mb"] = ray_memory_mb()
+                print(f"  on Ray: the Ray processes of this machine held {pipe['ray_rss_mb']:.0f} MB (RSS) at the end")
+            else:
+                pipe = bench_pipelining(tmp, T, L, N, sandbox)
             print_pipelining(pipe, T, L)
         if args.part in ("2", "all"):
             print("\n[2] supervisor CPU")

@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default `python -m trainer.train`; `python` is this interpreter)")
     parser.add_argument("--seed", type=int, help="the offline mutator's seed (default 0)")
     _sandbox_arguments(parser)
+    parser.add_argument("--executor", choices=["local", "ray"],
+                        help="where runs happen: local (this machine's GPUs; the default) or ray (the GPUs of a "
+                             "Ray cluster; pip install 'autoresearch-tui[ray]')")
+    parser.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="the Ray cluster to join (default auto: RAY_ADDRESS or the cluster this machine is in)")
     parser.add_argument("--mcp", action="store_true", default=None,
                         help="host the MCP server for external agents beside the session's own agent "
                              "(--agent external implies it)")

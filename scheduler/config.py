@@ -76,6 +76,8 @@ class Config:
     mcp: bool = False  # host the MCP server for external agents (implied by --agent external or --mcp-port)
     mcp_port: int | None = None  # None: a free port
     mcp_host: str = "127.0.0.1"
+    executor: str = "local"  # local | ray: where runs happen (scheduler/raycluster.py for ray)
+    ray_address: str = "auto"  # the Ray cluster to join: auto (RAY_ADDRESS, or the one this machine is in) or HOST:PORT
     claim_seconds: float = 1800.0  # an external agent's claim on a lane lapses after this long without a submission
     target: Target = field(default_factory=Target)
 
@@ -126,9 +128,14 @@ def load_file(path: Path) -> dict:
         raise ConfigError(f"the config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}.") from None
-    unknown = set(data) - _TOP_KEYS - {"target"}
+    unknown = set(data) - _TOP_KEYS - {"target", "ray"}
     if unknown:
         raise ConfigError(f"{path}: unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP_KEYS))}, [target]).")
+    cluster = data.pop("ray", {})
+    if not isinstance(cluster, dict) or set(cluster) - {"address"}:
+        raise ConfigError(f"{path}: [ray] takes address (the cluster to join: auto or HOST:PORT).")
+    if "address" in cluster:
+        data["ray_address"] = cluster["address"]
     target = data.get("target", {})
     if not isinstance(target, dict):
         raise ConfigError(f"{path}: target must be a table ([target]).")
@@ -207,6 +214,8 @@ def validate(config: Config) -> Config:
                                         or not 1 <= config.mcp_port <= 65535):
         raise ConfigError(f"mcp_port must be a port number (1-65535), not {config.mcp_port!r}.")
     positive("claim_seconds", config.claim_seconds, False)
+    if config.executor not in ("local", "ray"):
+        raise ConfigError(f"executor must be local or ray, not {config.executor!r}.")
     if not isinstance(config.mcp_host, str) or not config.mcp_host:
         raise ConfigError(f"mcp_host must be a host name or address, not {config.mcp_host!r}.")
     if config.max_experiments is not None:

@@ -98,7 +98,9 @@ def prepare_data(repo: Path) -> None:
 def demo_config(config: Config, given: set[str], root: Path) -> Config:
     """The demo's settings, wherever the user did not give their own."""
     changes = {"repo": demo_repo(root)}
-    defaults = {"gpus": DEMO_GPUS, "budget": DEMO_BUDGET, "max_experiments": DEMO_EXPERIMENTS,
+    # On a Ray cluster, two of its GPUs (its "GPUs" may be logical ones on CPU nodes: the tiny
+    # model trains on whatever device the node has).
+    defaults = {"gpus": "2" if config.executor == "ray" else DEMO_GPUS, "budget": DEMO_BUDGET, "max_experiments": DEMO_EXPERIMENTS,
                 "tag": f"demo-{datetime.now():%Y%m%d-%H%M%S}", "db": root / "results.duckdb",
                 "hung_seconds": 120.0, "agent": "offline", "seed": DEMO_SEED}
     changes.update({k: v for k, v in defaults.items() if k not in given})

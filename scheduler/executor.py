@@ -264,29 +264,38 @@ class RunHandle:
         self._on_done(result)
 
     def _result(self, parser: RunParser, exit_code: int) -> RunResult:
-        summary, extra = typed_summary(parser.summary)
-        error = None
-        if self._stop_status is not None:
-            status = self._stop_status
-            error = {Status.TIMEOUT: f"ran past {self.spec.timeout_s:.0f} s",
-                     Status.HUNG: f"no output for {self.spec.hung_s:.0f} s",
-                     Status.KILLED: "stopped by the user"}.get(status, status.value)
-        elif parser.failed:
-            status, error = Status.NAN, "the loss diverged (the trainer printed FAIL)"
-        elif parser.oom:
-            status, error = Status.OOM, parser.error_excerpt(1)
-        elif exit_code != 0:
-            status = Status.CRASH
-            # bwrap reports a child killed by signal N as exit code 128 + N, as a shell does
-            signal_number = -exit_code if exit_code < 0 else exit_code - 128 if self.sandboxed and exit_code > 128 else 0
-            error = (f"killed by signal {signal_number}" if signal_number else f"exit code {exit_code}") + \
-                (f": {parser.error_excerpt(1)}" if parser.tail else "")
-        elif summary.get(self.spec.metric) is None and self.spec.metric not in extra:
-            status, error = Status.CRASH, f"exited 0 without a {self.spec.metric} in its summary"
-        else:
-            status = Status.OK
-        return RunResult(self.spec.experiment_id, self.spec.lane, status, exit_code, summary, extra, error,
-                         self.started_at, utcnow(), time.monotonic() - self._t0)
+        return classify(self.spec, parser, exit_code, self._stop_status, self.started_at, time.monotonic() - self._t0,
+                        shell_signals=self.sandboxed)
+
+
+def classify(spec: RunSpec, parser: RunParser, exit_code: int | None, stopped: Status | None, started_at: datetime,
+             seconds: float, *, shell_signals: bool = False) -> RunResult:
+    """What a finished run was, from its output and exit, however it ran (here or on a Ray
+    node). `stopped`: why the supervisor stopped it, if it did. `shell_signals`: the exit code
+    came through a launcher (bwrap) that reports a child killed by signal N as 128 + N."""
+    summary, extra = typed_summary(parser.summary)
+    error = None
+    if stopped is not None:
+        status = stopped
+        error = {Status.TIMEOUT: f"ran past {spec.timeout_s:.0f} s",
+                 Status.HUNG: f"no output for {spec.hung_s:.0f} s",
+                 Status.KILLED: "stopped by the user"}.get(status, status.value)
+    elif parser.failed:
+        status, error = Status.NAN, "the loss diverged (the trainer printed FAIL)"
+    elif parser.oom:
+        status, error = Status.OOM, parser.error_excerpt(1)
+    elif exit_code != 0:
+        status = Status.CRASH
+        code = exit_code if exit_code is not None else 0
+        signal_number = -code if code < 0 else code - 128 if shell_signals and code > 128 else 0
+        error = (f"killed by signal {signal_number}" if signal_number else f"exit code {exit_code}") + \
+            (f": {parser.error_excerpt(1)}" if parser.tail else "")
+    elif summary.get(spec.metric) is None and spec.metric not in extra:
+        status, error = Status.CRASH, f"exited 0 without a {spec.metric} in its summary"
+    else:
+        status = Status.OK
+    return RunResult(spec.experiment_id, spec.lane, status, exit_code, summary, extra, error, started_at, utcnow(),
+                     seconds)
 
 
 class LocalExecutor:

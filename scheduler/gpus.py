@@ -53,6 +53,7 @@ class Gpu:
     name: str  # NVML name, e.g. "NVIDIA H100 80GB HBM3"; "cpu" for CPU lanes
     memory_total_mb: float | None = None
     minor: int | None = None  # the card's device node is /dev/nvidia<minor> (the sandbox binds only it)
+    node: str | None = None  # the host it is on, for a lane on a Ray cluster (None: this machine)
 
     @property
     def visible_devices(self) -> str:

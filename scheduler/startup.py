@@ -26,7 +26,7 @@ from .headless import JsonLinesPrinter, install_signal_handlers
 from .inbox import AgentCallsMade, Inbox, MemoryToWrite
 from .keys import make_undumpable, take_provider_keys
 from .lock import AlreadyRunning, SupervisorLock
-from .sandbox import SandboxMode, SandboxUnavailable, choose
+from .sandbox import SandboxChoice, SandboxMode, SandboxUnavailable, choose
 from .supervisor import Supervisor
 from .workspace import Workspace, WorkspaceError
 
@@ -34,7 +34,7 @@ log = logging.getLogger("autoresearch")
 
 _FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
                "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed", "sandbox", "sandbox_read",
-               "mcp", "mcp_port", "mcp_host", "claim_seconds")
+               "mcp", "mcp_port", "mcp_host", "claim_seconds", "executor", "ray_address")
 
 
 class UsageError(Exception):
@@ -126,8 +126,15 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
             if config.resume and latest is None:
                 raise UsageError(f"--resume: the log {store.path} has no research line to resume; start one with --tag.")
             config = cfg.validate(replace(config, tag=latest or cfg.default_tag()))
-        gpus = discover(config.gpus)
-        sandbox = choose(SandboxMode(config.sandbox), repo, tuple(Path(p).expanduser() for p in config.sandbox_read))
+        cluster, executor = None, None
+        if config.executor == "ray":
+            cluster, gpus = _ray_lanes(config)
+            executor = cluster.executor(config.target.command)
+            sandbox = SandboxChoice(None, "runs on Ray nodes, as the Ray worker's user", SandboxMode.NONE)
+        else:
+            gpus = discover(config.gpus)
+            sandbox = choose(SandboxMode(config.sandbox), repo,
+                             tuple(Path(p).expanduser() for p in config.sandbox_read))
         workspace = Workspace(repo, config.tag, config.target.editable)
         proposer = _proposer(config, keys, workspace)
         lock = SupervisorLock(repo / ".autoresearch" / "locks", config.tag).acquire()
@@ -149,7 +156,8 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
 
         def engine(events_sink):
             supervisor = Supervisor(config, store, workspace, gpus, proposer, events_sink, sandbox=sandbox,
-                                    inbox=inbox, announce=announce, on_close=(door.stop,) if door else ())
+                                    inbox=inbox, announce=announce, on_close=(door.stop,) if door else (),
+                                    executor=executor, telemetry=cluster is None)
             for listener in listeners:
                 listener.started(supervisor.frontier)
             return supervisor
@@ -177,8 +185,23 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     finally:
         if door is not None:
             door.stop()
+        if cluster is not None:
+            cluster.close()
         store.close()
         lock.release()
+
+
+def _ray_lanes(config: cfg.Config):
+    """The lanes on a Ray cluster's GPUs (scheduler/raycluster.py), one placement group bundle each."""
+    try:
+        from .raycluster import ClusterError, RayCluster
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'autoresearch-tui[ray]' (on every node too).") from None
+    try:
+        cluster = RayCluster(config.ray_address)
+        return cluster, cluster.lanes(config.gpus)
+    except ClusterError as e:
+        raise UsageError(str(e)) from None
 
 
 def _open_door(config: cfg.Config, store: Store, gpus, proposer, inbox: Inbox, listeners: list):

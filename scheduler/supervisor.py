@@ -210,11 +210,7 @@ class Supervisor:
                     and exp.decision_source is DecisionSource.AUTO and exp.status is Status.OK):
                 state.judged_against[exp.parent_commit] += 1  # its frontier's replicas are owed for them too
             if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
-                state.pending.append(self.ledger.new_experiment(Experiment(
-                    run_id=self.run_id, lane=-1, kind=exp.kind, commit=exp.commit, parent_commit=exp.parent_commit,
-                    description=exp.description, gpu_name=exp.gpu_name, hypothesis=exp.hypothesis, agent=exp.agent,
-                    change=exp.change, confirms=exp.confirms, verifies=exp.verifies, reference_for=exp.reference_for,
-                    drafted_on=exp.drafted_on, touched=exp.touched, notes=exp.notes, rerun_of=exp.id)))
+                self._run_again(exp)
             elif exp.status is Status.QUEUED and exp.run_id != self.run_id:
                 state.pending.append(exp)
         if self.resumed and state.pending:
@@ -264,6 +260,10 @@ class Supervisor:
         let every lane draft ahead. Runs first: with --max-experiments, a lane's draft must not
         take the slot an idle lane could fill now."""
         state = self.state
+        for lane in state.lanes:
+            if lane.lost and isinstance(lane.next, Ready):  # drafted for a lane that left: another runs it
+                state.pending.append(lane.next.experiment)
+                lane.next = None
         for lane in state.lanes:
             if lane.lost or lane.run is not None or lane.paused or state.quitting:
                 continue
@@ -342,9 +342,25 @@ class Supervisor:
         self.ledger.save(exp)
         self.ledger.learn(exp)
         self.ledger.emit(events.RunFinished(lane.index, exp))
-        if exp.status is not Status.INTERRUPTED:  # else the supervisor is quitting now; --resume runs it again
+        if exp.status is not Status.INTERRUPTED:
             self._apply(self.judge.result(self.state, exp))
+        elif not self.state.quitting:
+            # Not stopped by us: the system failed under it (a Ray node died). The lane goes out
+            # of service; the run goes to another lane, once. (Quitting, --resume runs it again.)
+            self._lose(lane, result.error or "its run was interrupted")
+            if exp.rerun_of is None and exp.commit:
+                self._run_again(exp)
+                self.ledger.notice(events.Level.WARNING, f"#{exp.id} is queued again for another lane", lane.index)
+            return
         self.ledger.lane_changed(lane)
+
+    def _run_again(self, exp: Experiment) -> None:
+        """An interrupted run, queued again as a new experiment that names it."""
+        self.state.pending.append(self.ledger.new_experiment(Experiment(
+            run_id=self.run_id, lane=-1, kind=exp.kind, commit=exp.commit, parent_commit=exp.parent_commit,
+            description=exp.description, gpu_name=exp.gpu_name, hypothesis=exp.hypothesis, agent=exp.agent,
+            change=exp.change, confirms=exp.confirms, verifies=exp.verifies, reference_for=exp.reference_for,
+            drafted_on=exp.drafted_on, touched=exp.touched, notes=exp.notes, rerun_of=exp.id)))
 
     def _measured_run_time(self, exp: Experiment) -> None:
         """Size the timeouts from what the starting point's runs take, and say so once when

@@ -36,8 +36,9 @@ def test_the_door_imports_no_ui():
     assert "mcp" in modules and not modules & {"textual", "tui"}
 
 
-def test_a_session_without_external_agents_never_loads_the_mcp_sdk():
+def test_a_session_without_external_agents_or_ray_never_loads_their_libraries():
     code = ("import sys, scheduler.cli, scheduler.startup, scheduler.supervisor; "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('external', 'mcp', 'uvicorn')], 'loaded'")
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('external', 'mcp', 'uvicorn', 'ray')], "
+            "[m for m in sys.modules if m.split('.')[0] in ('external', 'mcp', 'uvicorn', 'ray')]")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
