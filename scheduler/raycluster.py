@@ -167,6 +167,8 @@ class RayRun:
                         kind, value, why = item
                         if kind == "started":
                             self.pid = value
+                            if self._stop_status is not None:  # stopped before it began: end it now
+                                self.worker.stop.remote(signal.SIGKILL)
                         else:
                             exit_code, error = value, why or None
                         continue
