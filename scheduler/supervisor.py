@@ -230,8 +230,10 @@ class Supervisor:
                 f", and {extra} more to judge them" if extra > 0 else "")
             return True
         usable = [lane for lane in state.lanes if not lane.lost]
-        if not usable:
+        if not usable:  # every GPU lost (fell off the bus, or its Ray node died): the night cannot go on
             state.exit_reason = "no lane left"
+            state.failure = "every lane is out of service (see the notices above); the night cannot go on"
+            self.ledger.notice(events.Level.ERROR, state.failure)
             return True
         if all(lane.exhausted and lane.next is None for lane in usable) and not state.pending:
             failed = [lane for lane in usable if lane.gave_up is not None]

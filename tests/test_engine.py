@@ -12,6 +12,7 @@ from results.store import Store
 from scheduler import control, events
 from scheduler.config import Config, Target
 from scheduler.gpus import Gpu
+from scheduler.inbox import GpuLost
 from scheduler.supervisor import Supervisor
 from scheduler.workspace import Workspace
 
@@ -413,6 +414,26 @@ def test_a_night_whose_proposer_fails_on_every_lane_ends_non_zero_and_says_why(t
     assert "HTTP 400" in sup.state.failure and "--agent" in sup.state.failure
     assert any(isinstance(e, events.Notice) and e.level is events.Level.ERROR and "no lane could get a proposal"
                in e.message for e in received)
+    store.close()
+
+
+def test_a_night_that_loses_every_lane_ends_non_zero_and_says_why(tmp_path):
+    baselines = []
+
+    def lose_every_gpu_after_the_baselines(event):  # what the NVML sampler (or a dead Ray node) reports
+        if isinstance(event, events.RunFinished) and event.experiment.kind.value == "baseline":
+            baselines.append(event)
+            if len(baselines) == 2:
+                for lane in sup.lanes:
+                    sup.inbox.put(GpuLost(lane.index, "the GPU has fallen off the bus"))
+
+    sup, store, received = engine(tmp_path, ScriptedProposer([{"VALUE": 0.9}, {"VALUE": 0.8}]), max_experiments=6,
+                                  sink=lose_every_gpu_after_the_baselines)
+    assert sup.run() == 1
+    assert sup.exit_reason == "no lane left"
+    errors = [e.message for e in received if isinstance(e, events.Notice) and e.level is events.Level.ERROR]
+    assert any("out of service: the GPU has fallen off the bus" in m for m in errors)
+    assert any("every lane is out of service" in m for m in errors)
     store.close()
 
 
