@@ -348,9 +348,10 @@ def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoi
                           max_experiments=PIPELINE_LANES * N, sink=recorder, sandbox=sandbox,
                           executor=cluster.executor(UPSTREAM_TARGET.command) if cluster else None)
     timer = instrument(sup)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     code = sup.run()
-    wall = time.monotonic() - t0
+    # The supervisor process's CPU over the whole session, every thread (on Ray, its driver's too).
+    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
     rows = store.experiments()
     store.close()
     figures = lane_figures(recorder)
@@ -386,7 +387,8 @@ def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoi
             "notice": notice, "startup": startup,
             "rebased": sum(1 for e in rows if e.drafted_on is not None),
             "rejected": sum(1 for e in rows if e.status.value == "rejected"),
-            "exit_reason": sup.exit_reason}
+            "exit_reason": sup.exit_reason, "cpu_pct": 100 * cpu / wall,
+            "transfers": list(getattr(sup.executor, "transfers", []))}
 
 
 def print_pipelining(res: dict, T: float, L: float) -> None:
@@ -422,6 +424,14 @@ def print_pipelining(res: dict, T: float, L: float) -> None:
         print(f"  trainer's last line -> RunFinished: median {statistics.median(res['notice']) * 1000:.0f} ms "
               f"(exit, EOF, wait, inbox, result saved); RunStarted -> trainer's first line: median "
               f"{statistics.median(res['startup']) * 1000:.0f} ms (interpreter start, less the UPDATE after Popen)")
+    print(f"  supervisor process CPU over the session: {res['cpu_pct']:.1f}% of one core (every thread; "
+          f"git, proposals and judging included)")
+    if res["transfers"]:
+        sent = res["transfers"]
+        trees = [t.tree_bytes for t in sent if t.tree_bytes]
+        print(f"  to the nodes: {len(trees)} tree(s) for {len(sent)} runs ({sum(trees) / 1e3:.0f} kB), and per run "
+              f"its changed files: median {statistics.median(t.change_bytes for t in sent) / 1e3:.1f} kB "
+              f"(a whole tree is {max(trees, default=0) / 1e3:.0f} kB)")
     print(f"  sequential reference (propose, then train): T/(T+L) = {T:g}/({T:g}+{L:g}) = {T / (T + L):.1%} "
           f"(sequential agent loops reach 60-80%)")
 

@@ -102,6 +102,9 @@ def build_doctor_parser() -> argparse.ArgumentParser:
     parser.add_argument("--editable", action="append", metavar="PATH", help="a file the agents may edit")
     parser.add_argument("--command", dest="target_command", help="the training command")
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of settings")
+    parser.add_argument("--executor", choices=["local", "ray"], help="check this machine (local) or a Ray cluster "
+                                                                     "(its nodes, their lanes and data)")
+    parser.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray cluster to check (default auto)")
     _sandbox_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="skip the smoke run (seconds instead of a minute)")
     parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
@@ -126,7 +129,7 @@ def doctor(argv: list[str]) -> int:
     try:
         file_values = cfg.load_file(args.config) if args.config else {}
         flags = {name: getattr(args, name) for name in ("gpus", "agent", "base_url", "context_tokens", "tag",
-                                                        "sandbox", "sandbox_read")}
+                                                        "sandbox", "sandbox_read", "executor", "ray_address")}
         flags["target"] = {"editable": args.editable, "command": args.target_command}
         config = cfg.build(file_values, flags)
     except cfg.ConfigError as e:

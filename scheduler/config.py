@@ -78,6 +78,7 @@ class Config:
     mcp_host: str = "127.0.0.1"
     executor: str = "local"  # local | ray: where runs happen (scheduler/raycluster.py for ray)
     ray_address: str = "auto"  # the Ray cluster to join: auto (RAY_ADDRESS, or the one this machine is in) or HOST:PORT
+    ray_lost_after: float = 60.0  # seconds the cluster's head may not answer before the night ends
     claim_seconds: float = 1800.0  # an external agent's claim on a lane lapses after this long without a submission
     target: Target = field(default_factory=Target)
 
@@ -132,10 +133,13 @@ def load_file(path: Path) -> dict:
     if unknown:
         raise ConfigError(f"{path}: unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP_KEYS))}, [target]).")
     cluster = data.pop("ray", {})
-    if not isinstance(cluster, dict) or set(cluster) - {"address"}:
-        raise ConfigError(f"{path}: [ray] takes address (the cluster to join: auto or HOST:PORT).")
+    if not isinstance(cluster, dict) or set(cluster) - {"address", "lost_after"}:
+        raise ConfigError(f"{path}: [ray] takes address (the cluster to join: auto or HOST:PORT) and lost_after "
+                          f"(seconds without an answer from its head before the night ends).")
     if "address" in cluster:
         data["ray_address"] = cluster["address"]
+    if "lost_after" in cluster:
+        data["ray_lost_after"] = cluster["lost_after"]
     target = data.get("target", {})
     if not isinstance(target, dict):
         raise ConfigError(f"{path}: target must be a table ([target]).")
@@ -214,6 +218,7 @@ def validate(config: Config) -> Config:
                                         or not 1 <= config.mcp_port <= 65535):
         raise ConfigError(f"mcp_port must be a port number (1-65535), not {config.mcp_port!r}.")
     positive("claim_seconds", config.claim_seconds, False)
+    positive("ray_lost_after", config.ray_lost_after, False)
     if config.executor not in ("local", "ray"):
         raise ConfigError(f"executor must be local or ray, not {config.executor!r}.")
     if not isinstance(config.mcp_host, str) or not config.mcp_host:

@@ -43,7 +43,7 @@ MARK = {Verdict.OK: "✓", Verdict.WARNING: "!", Verdict.FAIL: "✗"}
 
 @dataclass(frozen=True)
 class Check:
-    area: str  # machine | gpu | data | target | smoke | agent
+    area: str  # machine | gpu | data | target | smoke | agent | ray
     name: str
     verdict: Verdict
     detail: str
@@ -85,6 +85,15 @@ class Report:
 def diagnose(config: cfg.Config, *, quick: bool = False, nvml=None) -> Report:
     started = time.monotonic()
     report = Report()
+    if config.executor == "ray":  # the lanes, their data and their runs are on the cluster's nodes
+        report.add(*machine(config, [], None))
+        report.add(*cluster(config))
+        report.add(*target(config))
+        report.add(Check("smoke", "run", Verdict.WARNING, "not run on a Ray cluster: the first baselines are the "
+                         "smoke run", None))
+        report.add(*agent(config))
+        report.seconds = time.monotonic() - started
+        return report
     gpus, gpu_checks = lanes(config, nvml)
     data_checks, cache = data(config, gpus)
     report.add(*machine(config, gpus, cache))
@@ -238,6 +247,53 @@ def _card_details(gpus: list[Gpu], nvml) -> list[tuple[str | None, list[tuple[in
         except Exception:  # noqa: BLE001
             pass
     return out
+
+
+# -- a Ray cluster ---------------------------------------------------------------------------------
+
+def cluster(config: cfg.Config) -> list[Check]:
+    """--executor ray: the cluster answers, gives the lanes asked for, and every node has the data
+    its runs read (asked of the harness there; the night prepares what a node lacks)."""
+    try:
+        from .raycluster import ClusterError, RayCluster
+    except ImportError:
+        return [Check("ray", "cluster", Verdict.FAIL, "Ray is not installed", "pip install 'autoresearch-tui[ray]'")]
+    try:
+        ray_cluster = RayCluster(config.ray_address)
+    except ClusterError as e:
+        return [Check("ray", "cluster", Verdict.FAIL, str(e), "ray start --head on one node, "
+                      "ray start --address HEAD:PORT on the others")]
+    try:
+        try:
+            gpus = ray_cluster.lanes(config.gpus)
+        except ClusterError as e:
+            return [Check("ray", "cluster", Verdict.FAIL, str(e), "--gpus auto, or free the cluster's GPUs")]
+        nodes = ray_cluster.nodes()
+        out = [Check("ray", "cluster", Verdict.OK, f"{ray_cluster.address}: {len(gpus)} lane(s) on "
+                                                   f"{len(nodes)} node(s)")]
+        start = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=config.repo, capture_output=True,
+                               text=True).stdout.strip() if Path(config.repo).is_dir() else ""
+        found = {}
+        if start:
+            executor = ray_cluster.executor(config.target.command)
+            found = {n.node_id: n for n in ray_cluster.ready(executor, Path(config.repo), start, dict(os.environ),
+                                                              prepare=False)}
+        for node_id, lane_numbers in nodes.items():
+            info = ray_cluster.described[lane_numbers[0]]
+            where = f"lane(s) {', '.join(map(str, lane_numbers))}: {info['name']}"
+            data_ = found.get(node_id)
+            if data_ is None:
+                out.append(Check("ray", f"node {info['host']}", Verdict.OK, f"{where}; data not checked (no commit)"))
+            elif data_.ready:
+                out.append(Check("ray", f"node {info['host']}", Verdict.OK, f"{where}; {data_.detail}"))
+            else:
+                out.append(Check("ray", f"node {info['host']}", Verdict.WARNING,
+                                 f"{where}; lacks the {data_.profile} data ({data_.detail}): the night runs "
+                                 f"prepare.py there before its lanes start",
+                                 f"prepare.py{' --tiny' if data_.profile == 'tiny' else ''} on {info['host']}"))
+        return out
+    finally:
+        ray_cluster.close()
 
 
 # -- the data ----------------------------------------------------------------------------------------

@@ -67,6 +67,16 @@ def child_environment(base: dict[str, str], *, visible_devices: str, threads: in
     return env
 
 
+# What a child's environment says about the run itself rather than the machine it is on: this
+# much goes with a run to a Ray node, which supplies its own PATH, HOME, virtualenv and CUDA paths.
+_RUN_NAMES = {"CUDA_DEVICE_ORDER", "HF_HUB_OFFLINE", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE"}
+
+
+def run_settings(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items()
+            if (k.startswith("AUTORESEARCH_") or k in _RUN_NAMES) and not _SECRET.search(k)}
+
+
 def target_command(command: str) -> list[str]:
     """The target's command with `python` meaning the supervisor's own interpreter."""
     argv = shlex.split(command)
@@ -88,6 +98,8 @@ class RunSpec:
     kill_grace_s: float = 10.0  # between SIGTERM and SIGKILL
     metric: str = "val_bpb"
     confinement: Confinement | None = None  # what a sandbox gives the run; None: run it unconfined
+    commit: str | None = None  # the commit checked out in cwd (None: whatever is there)
+    base: str | None = None  # the frontier it was made on, whose tree a remote node may hold already
 
 
 @dataclass(frozen=True)

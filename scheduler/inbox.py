@@ -5,6 +5,7 @@ being dropped on the floor."""
 
 from __future__ import annotations
 
+import enum
 import queue
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -104,8 +105,22 @@ class AgentCallsMade:
     calls: tuple[AgentCall, ...]
 
 
+class Reach(enum.StrEnum):
+    UNREACHABLE = "unreachable"  # no answer now: no new run or proposal until it answers
+    BACK = "back"  # it answers again
+    LOST = "lost"  # no answer for too long: the night ends
+
+
+@dataclass(frozen=True)
+class ClusterReach:
+    """The Ray cluster's head stopped (or went back to) answering the supervisor."""
+
+    reach: Reach
+    why: str
+
+
 Message = (RunProgressed | RunEnded | ProposalDrafted | ProposalReplayed | GpuSampleTaken | GpuLost | LlmCallEnded
-           | MemoryToWrite | CommandGiven | AgentCallsMade)
+           | MemoryToWrite | CommandGiven | AgentCallsMade | ClusterReach)
 MESSAGE_TYPES: frozenset[type] = frozenset(Message.__args__)
 
 

@@ -59,7 +59,8 @@ class Launcher:
             spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), run_dir, env, log_path,
                            timeout_s=self.config.timeout_after(state.run_seconds), hung_s=self.config.hung_seconds,
                            kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric,
-                           confinement=Confinement(run_dir, (compile_cache,), lane.gpu))
+                           confinement=Confinement(run_dir, (compile_cache,), lane.gpu), commit=exp.commit,
+                           base=state.frontier)
             handle = self.executor.start(
                 spec, on_progress=lambda points, i=exp.id, n=lane.index: self.inbox.put(
                     RunProgressed(n, i, tuple(points))),

@@ -23,7 +23,7 @@ from . import config as cfg
 from .demo import DEMO_KNOBS, DemoError, demo_config, prepare_data
 from .gpus import GpuSpecError, discover
 from .headless import JsonLinesPrinter, install_signal_handlers
-from .inbox import AgentCallsMade, Inbox, MemoryToWrite
+from .inbox import AgentCallsMade, ClusterReach, Inbox, MemoryToWrite
 from .keys import make_undumpable, take_provider_keys
 from .lock import AlreadyRunning, SupervisorLock
 from .sandbox import SandboxChoice, SandboxMode, SandboxUnavailable, choose
@@ -145,6 +145,14 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     log.info("provider keys: %s out of the environment; this process is %s", len(keys) or "none",
              "non-dumpable (same-user processes cannot read its /proc entries)" if undumpable
              else "dumpable (prctl not available here)")
+    if cluster is not None:
+        try:  # logged: preparing a node's data can take minutes, and it says which node is slow
+            _nodes_ready(cluster, executor, workspace, aloud=not config.no_ui)
+        except UsageError as e:
+            cluster.close()
+            store.close()
+            lock.release()
+            return _usage(e)
     printer = JsonLinesPrinter(sys.stdout if config.no_ui else None, config.metric)
     listeners: list = []  # sinks that join once the engine exists (the external agents' view)
     sink = _both(printer, lambda event: [listener(event) for listener in listeners])
@@ -157,7 +165,9 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
         def engine(events_sink):
             supervisor = Supervisor(config, store, workspace, gpus, proposer, events_sink, sandbox=sandbox,
                                     inbox=inbox, announce=announce, on_close=(door.stop,) if door else (),
-                                    executor=executor, telemetry=cluster is None)
+                                    executor=executor, telemetry=cluster.telemetry if cluster else True)
+            if cluster is not None:  # from now on, a cluster that stops answering is the engine's to handle
+                cluster.watch(lambda reach, why: inbox.put(ClusterReach(reach, why)), config.ray_lost_after)
             for listener in listeners:
                 listener.started(supervisor.frontier)
             return supervisor
@@ -202,6 +212,32 @@ def _ray_lanes(config: cfg.Config):
         return cluster, cluster.lanes(config.gpus)
     except ClusterError as e:
         raise UsageError(str(e)) from None
+
+
+def _nodes_ready(cluster, executor, workspace: Workspace, aloud: bool) -> None:
+    """Every node has the data its lanes' runs read, or prepares it, before any lane starts; a node
+    that cannot is named with what it lacks (exit 2). `aloud`: also on the terminal (before the
+    TUI, which would show nothing while a node prepares)."""
+    from .raycluster import ClusterError
+
+    start = workspace.starting_point()
+    line = (f"checking the data on {len(cluster.nodes())} Ray node(s) (prepare.py --check there; "
+            f"prepared where it is missing)")
+    log.info("%s", line)
+    if aloud:
+        print(line, file=sys.stderr)
+    try:
+        found = cluster.ready(executor, workspace.root, start, dict(os.environ))
+    except ClusterError as e:
+        raise UsageError(str(e)) from None
+    lanes = cluster.nodes()
+    for node in found:
+        on = f"node {node.host} ({node.node_id[:8]}; lane(s) {', '.join(map(str, lanes.get(node.node_id, [])))})"
+        if not node.ready:
+            tail = f"; prepare.py there said: {node.output.splitlines()[-1]}" if node.output else ""
+            raise UsageError(f"{on} lacks the {node.profile} data its runs read: {node.detail}{tail}; run "
+                             f"`prepare.py{' --tiny' if node.profile == 'tiny' else ''}` on that node.")
+        log.info("%s: %s%s", on, node.detail, " (prepared there now)" if node.prepared else "")
 
 
 def _open_door(config: cfg.Config, store: Store, gpus, proposer, inbox: Inbox, listeners: list):

@@ -163,6 +163,7 @@ class ResearchState:
     finished: int = 0
     quitting: Quitting | None = None
     failure: str | None = None  # why the research cannot go on, when it cannot
+    held: str | None = None  # why nothing new may start for now (the Ray cluster does not answer)
     proposals_ended: str | None = None  # why the proposer makes no more proposals (a spending limit)
     proposals_failed: str | None = None  # why it cannot make any (a model that never calls a tool)
     run_seconds: float | None = None  # the longest a run of the starting point took, start to end

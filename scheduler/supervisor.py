@@ -37,8 +37,9 @@ from .config import Config
 from .drafting import PROPOSAL_FAILURES_BEFORE_GIVING_UP, Drafting
 from .executor import LocalExecutor
 from .gpus import Gpu, TelemetrySampler
-from .inbox import (AgentCallsMade, CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded, MemoryToWrite,
-                    Message, ProposalDrafted, ProposalReplayed, RunEnded, RunProgressed, UnknownMessage)
+from .inbox import (AgentCallsMade, ClusterReach, CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded,
+                    MemoryToWrite, Message, ProposalDrafted, ProposalReplayed, Reach, RunEnded, RunProgressed,
+                    UnknownMessage)
 from .judge import Action, Confirm, Decide, FrontierFailed, Judge, Promote, Queue
 from .launching import Launcher
 from .ledger import Ledger
@@ -54,7 +55,8 @@ log = logging.getLogger("autoresearch.supervisor")
 
 class Supervisor:
     def __init__(self, config: Config, store: Store, workspace: Workspace, gpus: list[Gpu], proposer: Proposer,
-                 sink: Callable[[events.Event], None] = lambda event: None, executor=None, telemetry: bool = True,
+                 sink: Callable[[events.Event], None] = lambda event: None, executor=None,
+                 telemetry: bool | Callable = True,
                  sandbox: SandboxChoice | None = None, inbox: Inbox | None = None, announce: tuple[str, ...] = (),
                  on_close: tuple[Callable[[], None], ...] = ()):
         self.config, self.store, self.ws, self.proposer = config, store, workspace, proposer
@@ -82,8 +84,10 @@ class Supervisor:
         self.overrides = Overrides(self.state, workspace, self.ledger, self.promotion)
         self.launcher = Launcher(self.state, config, workspace, self.executor, self.inbox, self.ledger, self.drafting,
                                  logs=self.logs, compile_cache=folder / "compile-cache")
-        self.sampler = TelemetrySampler(gpus, lambda s: self.inbox.put(GpuSampleTaken(s)),
-                                        lambda gpu, why: self.inbox.put(GpuLost(gpu.lane, why))) if telemetry else None
+        # This machine's NVML sampler, or what `telemetry` makes (a Ray cluster's: one per node), or none.
+        sampler = telemetry if callable(telemetry) else TelemetrySampler if telemetry else None
+        self.sampler = sampler(gpus, lambda s: self.inbox.put(GpuSampleTaken(s)),
+                               lambda gpu, why: self.inbox.put(GpuLost(gpu.lane, why))) if sampler else None
         self._handlers: dict[type, Callable] = {
             RunProgressed: self._progressed, RunEnded: self._run_ended,
             ProposalDrafted: lambda m: self.drafting.drafted(self.state.lanes[m.lane], m.future),
@@ -94,7 +98,7 @@ class Supervisor:
             MemoryToWrite: lambda m: self.store.remember(m.text, m.tags, author=m.author, run_id=self.run_id,
                                                          experiment_id=m.experiment_id),
             CommandGiven: lambda m: self.overrides.apply(m.command),
-            AgentCallsMade: self._agent_calls,
+            AgentCallsMade: self._agent_calls, ClusterReach: self._reach,
         }
         if hasattr(proposer, "attach"):  # the LLM agents: memories, transcripts, call accounting
             proposer.attach(ProposerContext(
@@ -266,6 +270,8 @@ class Supervisor:
             if lane.lost and isinstance(lane.next, Ready):  # drafted for a lane that left: another runs it
                 state.pending.append(lane.next.experiment)
                 lane.next = None
+        if state.held is not None:  # the cluster does not answer: nothing new starts
+            return
         for lane in state.lanes:
             if lane.lost or lane.run is not None or lane.paused or state.quitting:
                 continue
@@ -327,7 +333,9 @@ class Supervisor:
     def _sampled(self, message: GpuSampleTaken) -> None:
         sample = message.sample
         self.store.add_sample(sample)
-        lane = next((lane for lane in self.state.lanes if lane.gpu.index == sample.gpu_index), None)
+        # By UUID where the card has one: on a Ray cluster two nodes each have a GPU 0.
+        lane = next((lane for lane in self.state.lanes if (lane.gpu.uuid == sample.gpu_uuid if sample.gpu_uuid
+                                                          else lane.gpu.index == sample.gpu_index)), None)
         if lane is not None:
             self.ledger.emit(events.GpuSampled(lane.index, sample))
 
@@ -416,11 +424,37 @@ class Supervisor:
         state.quitting = Quitting.GRACEFUL
 
     def _lose(self, lane: Lane, why: str) -> None:
+        if lane.lost:  # said once: a dead node is seen by its telemetry and by its run
+            return
         lane.lost = True
         if lane.run is not None:
             lane.run.handle.stop(Status.CRASH)
         self.ledger.notice(events.Level.ERROR, f"lane {lane.index} is out of service: {why}", lane.index)
         self.ledger.lane_changed(lane, why)
+
+    def _reach(self, message: ClusterReach) -> None:
+        """The Ray cluster stopped answering: nothing new starts (no run, no proposal) until it
+        answers again; if it never does, the night ends with every result kept, the runs in
+        flight recorded as interrupted (--resume runs them again) and a non-zero exit."""
+        state = self.state
+        match message.reach:
+            case Reach.UNREACHABLE:
+                state.held = message.why
+                self.ledger.notice(events.Level.WARNING, f"{message.why}: no new run or proposal until it does; "
+                                                         f"the runs in flight go on")
+            case Reach.BACK:
+                state.held = None
+                self.ledger.notice(events.Level.INFO, f"{message.why}: going on")
+            case Reach.LOST:
+                running = [lane for lane in state.lanes if lane.run is not None]
+                state.failure = f"lost the Ray cluster: {message.why}"
+                self.ledger.notice(events.Level.ERROR, f"{state.failure}; the night ends, "
+                                                       f"{len(running)} run(s) in flight end as interrupted and "
+                                                       f"--resume runs them again once the cluster is back")
+                state.exit_reason = "lost the Ray cluster"
+                state.quitting = Quitting.NOW
+                for lane in running:
+                    lane.run.handle.stop(Status.INTERRUPTED)
 
     # -- the end -------------------------------------------------------------------------------------------------
 

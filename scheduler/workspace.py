@@ -86,6 +86,13 @@ class Workspace:
                 self._git("update-ref", f"refs/heads/{self.branch}", sha, "")
             return sha
 
+    def starting_point(self) -> str:
+        """The commit this tag's runs start from: its frontier, or HEAD for a new tag."""
+        sha = self._ref_commit(f"refs/heads/{self.branch}") or self._ref_commit("HEAD")
+        if sha is None:
+            raise WorkspaceError(f"{self.root} has no commit to start from.")
+        return sha
+
     def frontier(self) -> str:
         sha = self._ref_commit(f"refs/heads/{self.branch}")
         if sha is None:

@@ -2,6 +2,8 @@
 secrets, every way a run can end, the file an agent may not touch, decisions and the frontier."""
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from results.store import Store
 from scheduler import control, events
 from scheduler.config import Config, Target
 from scheduler.gpus import Gpu
-from scheduler.inbox import GpuLost
+from scheduler.inbox import ClusterReach, GpuLost, Reach
 from scheduler.supervisor import Supervisor
 from scheduler.workspace import Workspace
 
@@ -462,3 +464,50 @@ def test_a_target_that_sets_its_own_budget_gets_timeouts_sized_from_its_first_ru
     assert any(isinstance(e, events.Notice) and "not the 300 s budget it was given" in e.message for e in received)
     store.close()
 
+
+
+def test_a_cluster_that_stops_answering_holds_every_new_start_until_it_answers_again(tmp_path):
+    """The engine's side of --executor ray's watch on the cluster's head (scheduler/raycluster.py
+    sends these messages; tests/test_ray_executor.py kills a real head): while the head does not
+    answer, no run starts; when it answers again, the night goes on and ends as usual."""
+    proposer = ScriptedProposer([{"VALUE": 0.9}, {"VALUE": 0.8}])
+    holder = {}
+
+    def on_event(event):
+        if isinstance(event, events.RunFinished) and "held" not in holder:
+            holder["held"] = time.monotonic()
+            holder["sup"].inbox.put(ClusterReach(Reach.UNREACHABLE, "the Ray cluster's head at h:1 does not answer"))
+            threading.Timer(1.5, lambda: holder["sup"].inbox.put(
+                ClusterReach(Reach.BACK, "the Ray cluster's head at h:1 answers again"))).start()
+
+    sup, store, received = engine(tmp_path, proposer, gpus=[Gpu(0, None, None, "cpu")], sink=on_event,
+                                  max_experiments=4)
+    holder["sup"] = sup
+    assert sup.run() == 0
+    kinds = [("notice", e.message) if isinstance(e, events.Notice) else (type(e).__name__, None) for e in received]
+    held = next(i for i, (k, m) in enumerate(kinds) if k == "notice" and "does not answer" in m)
+    back = next(i for i, (k, m) in enumerate(kinds) if k == "notice" and "answers again" in m)
+    assert "no new run or proposal until it does" in kinds[held][1]
+    assert held < back and not any(k == "RunStarted" for k, _ in kinds[held:back])  # nothing started while held
+    assert sum(k == "RunStarted" for k, _ in kinds[back:]) >= 2  # and the night went on after
+    assert sum(isinstance(e, events.RunFinished) and e.experiment.status is Status.OK for e in received) == 4
+
+
+def test_a_cluster_lost_for_good_ends_the_night_with_its_run_interrupted_and_a_non_zero_exit(tmp_path):
+    proposer = ScriptedProposer([{"VALUE": 0.9}])
+    holder = {}
+
+    def on_event(event):
+        if isinstance(event, events.RunStarted) and "lost" not in holder:
+            holder["lost"] = True
+            holder["sup"].inbox.put(ClusterReach(Reach.LOST, "the Ray cluster's head at h:1 has not answered for 60 s"))
+
+    sup, store, received = engine(tmp_path, proposer, gpus=[Gpu(0, None, None, "cpu")], sink=on_event,
+                                  trainer_tail="import time; time.sleep(30)\n", max_experiments=3)
+    holder["sup"] = sup
+    assert sup.run() == 1
+    assert sup.exit_reason == "lost the Ray cluster"
+    said = [e.message for e in received if isinstance(e, events.Notice) and e.level is events.Level.ERROR]
+    assert any("1 run(s) in flight end as interrupted" in m for m in said)
+    statuses = [e.status for e in store.experiments()]
+    assert Status.INTERRUPTED in statuses and Status.OK not in statuses and Status.RUNNING not in statuses
