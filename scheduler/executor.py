@@ -77,6 +77,11 @@ def run_settings(env: dict[str, str]) -> dict[str, str]:
             if (k.startswith("AUTORESEARCH_") or k in _RUN_NAMES) and not _SECRET.search(k)}
 
 
+def slug(text: str) -> str:
+    """A GPU model's name as a folder name: its compile cache is shared by the lanes of that model."""
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "device"
+
+
 def target_command(command: str) -> list[str]:
     """The target's command with `python` meaning the supervisor's own interpreter."""
     argv = shlex.split(command)

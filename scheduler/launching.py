@@ -15,7 +15,7 @@ from results.store import utcnow
 from . import events
 from .config import Config
 from .drafting import Drafting
-from .executor import RunSpec, child_environment, target_command
+from .executor import RunSpec, child_environment, slug, target_command
 from .inbox import Inbox, RunEnded, RunProgressed
 from .sandbox import Confinement
 from .ledger import Ledger
@@ -53,7 +53,7 @@ class Launcher:
                 lane.run_dir, lane.draft_dir, lane.draft_head = lane.draft_dir, lane.run_dir, None
             else:
                 self.ws.checkout(run_dir, exp.commit)
-            compile_cache = self.compile_cache / _slug(lane.model)
+            compile_cache = self.compile_cache / slug(lane.model)
             env = child_environment(dict(os.environ), visible_devices=lane.gpu.visible_devices, threads=self.threads,
                                     compile_cache=compile_cache, budget=self.config.budget)
             spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), run_dir, env, log_path,
@@ -76,7 +76,3 @@ class Launcher:
         self.ledger.save(exp)
         self.ledger.emit(events.RunStarted(lane.index, exp, getattr(handle, "pid", None)))
         self.ledger.lane_changed(lane, exp.description)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "device"

@@ -68,10 +68,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower() or "device"
-
-
 def _interpreter(argv: list[str]) -> list[str]:
     if argv and argv[0] in ("python", "python3"):
         return [sys.executable, *argv[1:]]  # the node's own interpreter
@@ -160,11 +156,11 @@ class LaneWorker:
     def _environment(self, sent: dict) -> dict:
         """The node's own machine variables (PATH, HOME, the virtualenv, CUDA's), filtered as for
         a local child, then the run's settings from the supervisor, then Ray's card."""
-        from scheduler.executor import child_environment
+        from scheduler.executor import child_environment, slug
 
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch-tui" / "compile"
         env = child_environment(dict(os.environ), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                                threads=1, compile_cache=cache / _slug(self._name or "device"), budget=None)
+                                threads=1, compile_cache=cache / slug(self._name or "device"), budget=None)
         env.update(sent)
         env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # Ray chose this lane's card
         return env
