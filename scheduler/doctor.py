@@ -290,7 +290,7 @@ def cluster(config: cfg.Config) -> list[Check]:
                 out.append(Check("ray", f"node {info['host']}", Verdict.WARNING,
                                  f"{where}; lacks the {data_.profile} data ({data_.detail}): the night runs "
                                  f"prepare.py there before its lanes start",
-                                 f"prepare.py{' --tiny' if data_.profile == 'tiny' else ''} on {info['host']}"))
+                                 f"{' '.join(data_.prepare_command)} on {info['host']}"))
         return out
     finally:
         ray_cluster.close()

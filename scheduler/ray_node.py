@@ -58,6 +58,15 @@ class NodeData:
     prepared: bool = False  # it lacked the data and prepare.py made it there
     output: str = ""  # the end of prepare.py's output, when it ran
 
+    @property
+    def prepare_command(self) -> list[str]:
+        return _prepare_command(self.profile)
+
+
+def _prepare_command(profile: str) -> list[str]:
+    """What makes a profile's data (prepare.py's own flags)."""
+    return ["prepare.py", "--tiny"] if profile == "tiny" else ["prepare.py", "--profile", profile]
+
 
 def _die_with_parent() -> None:
     try:
@@ -228,7 +237,7 @@ class LaneWorker:
             ready, detail = self._check(work, run_env, profile)
             if ready or not prepare:
                 return NodeData(self._node, host, profile, ready, detail)
-            argv = [sys.executable, "prepare.py"] + (["--tiny"] if profile == "tiny" else ["--profile", profile])
+            argv = [sys.executable, *_prepare_command(profile)]
             done = subprocess.run(argv, cwd=work, env=run_env, stdin=subprocess.DEVNULL, capture_output=True,
                                   text=True, timeout=_PREPARE_TIMEOUT_S)
             output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])

@@ -148,7 +148,7 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     if cluster is not None:
         try:  # logged: preparing a node's data can take minutes, and it says which node is slow
             _nodes_ready(cluster, executor, workspace, aloud=not config.no_ui)
-        except UsageError as e:
+        except (UsageError, WorkspaceError) as e:
             cluster.close()
             store.close()
             lock.release()
@@ -236,7 +236,7 @@ def _nodes_ready(cluster, executor, workspace: Workspace, aloud: bool) -> None:
         if not node.ready:
             tail = f"; prepare.py there said: {node.output.splitlines()[-1]}" if node.output else ""
             raise UsageError(f"{on} lacks the {node.profile} data its runs read: {node.detail}{tail}; run "
-                             f"`prepare.py{' --tiny' if node.profile == 'tiny' else ''}` on that node.")
+                             f"`{' '.join(node.prepare_command)}` on that node.")
         log.info("%s: %s%s", on, node.detail, " (prepared there now)" if node.prepared else "")
 
 

@@ -362,7 +362,7 @@ def test_a_node_without_its_data_stops_the_night_before_it_starts_and_says_which
     assert done.returncode == 2, done.stderr[-2000:]
     said = done.stderr.strip().splitlines()[-1]
     assert f"node {socket.gethostname()}" in said and "lane(s) 0, 1" in said and "no shards here" in said
-    assert "no route to the data" in said
+    assert "no route to the data" in said and said.endswith("run `prepare.py --tiny` on that node.")
     con = duckdb.connect(str(repo / ".autoresearch" / "results.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM experiments").fetchone()[0] == 0  # not one run started
     con.close()
