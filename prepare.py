@@ -50,7 +50,11 @@ class Profile:
     eval_tokens: int  # validation tokens evaluate_bpb reads, always the same ones
     val_shard: int  # index of the pinned validation shard
     default_train_shards: int
-    synthetic_docs_per_shard: int  # shard size when the offline generator makes the data
+    synthetic_docs_per_shard: int  # training shard size when the offline generator makes the data
+    # The generated validation shard is larger: packed into rows it must cover eval_tokens, and
+    # the generator's small world compresses to ~250 tokens a document (2x margin for the full
+    # profile, whose BPE finds more merges as more training shards are generated).
+    synthetic_val_docs: int
     tokenizer_max_chars: int  # how much training text the BPE sees
 
 
@@ -60,13 +64,13 @@ PROFILES = {
     "full": Profile(
         name="full", max_seq_len=2048, time_budget=300, vocab_size=8192,
         eval_tokens=40 * 524288, val_shard=6542, default_train_shards=10,
-        synthetic_docs_per_shard=40_000, tokenizer_max_chars=1_000_000_000,
+        synthetic_docs_per_shard=40_000, synthetic_val_docs=170_000, tokenizer_max_chars=1_000_000_000,
     ),
     # Sized for a 2-core laptop CPU: a few MB of generated text, a model that learns in 30 s.
     "tiny": Profile(
         name="tiny", max_seq_len=256, time_budget=30, vocab_size=2048,
         eval_tokens=128 * 1024, val_shard=6542, default_train_shards=4,
-        synthetic_docs_per_shard=1_500, tokenizer_max_chars=20_000_000,
+        synthetic_docs_per_shard=1_500, synthetic_val_docs=1_500, tokenizer_max_chars=20_000_000,
     ),
 }
 
@@ -422,7 +426,9 @@ def synthetic_documents(seed: int, count: int, world: World | None = None) -> li
 def _write_synthetic_shard(args: tuple[int, int, Path]) -> Path:
     index, docs_per_shard, dest_dir = args
     path = dest_dir / shard_name(index)
-    if path.exists() and shard_is_valid(path):
+    # The same seed and count make the same shard, so a whole one is kept; a shard of another
+    # size (an older profile) is made again.
+    if path.exists() and shard_is_valid(path) and pq.ParquetFile(path).metadata.num_rows == docs_per_shard:
         return path
     # Distinct seeds per shard, so shards can be written in parallel and in any order.
     docs = synthetic_documents(SYNTHETIC_SEED * 100_003 + index, docs_per_shard)
@@ -432,13 +438,15 @@ def _write_synthetic_shard(args: tuple[int, int, Path]) -> Path:
     return path
 
 
-def generate_shards(indices: list[int], dest_dir: Path, docs_per_shard: int, workers: int) -> None:
+def generate_shards(indices: list[int], dest_dir: Path, docs_per_shard: int, workers: int,
+                    sizes: dict[int, int] | None = None) -> None:
+    """Shards `indices`, each of `docs_per_shard` documents unless `sizes` names its own count."""
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
     dest_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, docs_per_shard, dest_dir) for i in indices]
+    jobs = [(i, (sizes or {}).get(i, docs_per_shard), dest_dir) for i in indices]
     with tqdm(total=len(jobs), unit="shard", desc="generate", file=sys.stderr) as bar:
         if workers <= 1 or len(jobs) == 1:
             for job in jobs:
@@ -620,6 +628,12 @@ def make_dataloader(tokenizer: Tokenizer, batch_size: int, seq_len: int, split: 
     import torch
 
     paths = list_shards(profile, split)
+    if split == "train":
+        # The training loader is made before the first step: a validation shard too small for
+        # the metric is said now, not after the whole budget is spent.
+        short = validation_shortfall(profile, read_manifest(profile))
+        if short:
+            raise fail(short)
     epoch_box = [1]
 
     def documents() -> Iterator[list[int]]:
@@ -682,6 +696,27 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, profile: Profile,
     return (nats / (math.log(2) * nbytes)).item()
 
 
+def validation_tokens(profile: Profile) -> int:
+    """How many tokens evaluate_bpb can read from the validation shard: whole packed rows, as its
+    loader makes them. Counted once by prepare and kept in the manifest."""
+    tokenizer = Tokenizer.from_directory(profile)
+    shard = data_dir(profile) / shard_name(profile.val_shard)
+    docs = (doc for texts in iter_texts([shard], profile) for doc in tokenizer.encode(texts))
+    return sum(1 for _ in pack_rows(docs, profile.max_seq_len + 1)) * profile.max_seq_len
+
+
+def validation_shortfall(profile: Profile, manifest: dict) -> str | None:
+    """Why the prepared validation data cannot give evaluate_bpb its eval_tokens, or None. Asked
+    before training starts, so a run never trains for its whole budget only to fail at the end."""
+    held = manifest.get("val_tokens")
+    if held is None:
+        return f"the validation shard was never counted: run `{prepare_command(profile)}` again."
+    if held < profile.eval_tokens:
+        return (f"the validation shard holds {held:,} usable tokens, fewer than the {profile.eval_tokens:,} "
+                f"evaluate_bpb reads: run `{prepare_command(profile)}` again.")
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------
@@ -691,7 +726,8 @@ def prepare(profile: Profile, *, synthetic: bool, num_shards: int, base_url: str
     train = list(range(num_shards))
     dest = data_dir(profile)
     if synthetic:
-        generate_shards(train + [profile.val_shard], dest, profile.synthetic_docs_per_shard, workers)
+        generate_shards(train + [profile.val_shard], dest, profile.synthetic_docs_per_shard, workers,
+                        sizes={profile.val_shard: profile.synthetic_val_docs})
     else:
         download_shards(train + [profile.val_shard], dest, base_url, workers=workers)
     manifest_path = profile_dir(profile) / "prepared.json"
@@ -704,6 +740,7 @@ def prepare(profile: Profile, *, synthetic: bool, num_shards: int, base_url: str
     manifest = {
         "profile": asdict(profile), "source": "synthetic" if synthetic else base_url,
         "train_shards": train, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "val_tokens": validation_tokens(profile),
     }
     _atomic_write(manifest_path, json.dumps(manifest, indent=2))
     return profile_dir(profile)
@@ -720,7 +757,7 @@ def check(profile: Profile) -> dict:
 
     with contextlib.redirect_stderr(io.StringIO()):  # fail() prints; here its sentence is the detail
         try:
-            read_manifest(profile)
+            manifest = read_manifest(profile)
             said("profile", True, f"{profile.name} in {profile_dir(profile)}")
             shards = list_shards(profile, "train") + list_shards(profile, "val")
         except HarnessError as e:
@@ -734,6 +771,8 @@ def check(profile: Profile) -> dict:
         said("tokenizer", True, f"{tokenizer.get_vocab_size():,} tokens")
     except (HarnessError, OSError, ValueError) as e:
         said("tokenizer", False, f"cannot be loaded ({e})")
+    short = validation_shortfall(profile, manifest)
+    said("validation", short is None, short or f"{manifest['val_tokens']:,} tokens for the {profile.eval_tokens:,} read")
     return out
 
 

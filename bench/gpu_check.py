@@ -93,6 +93,15 @@ def main() -> int:
     # 3. the trainer alone, steady state
     train = step(f"trainer, full profile, {TRAIN_S:g} s", [sys.executable, "-m", "trainer.train"], repo, TRAIN_S + 400,
                  {"AUTORESEARCH_TIME_BUDGET": f"{TRAIN_S:g}", "CUDA_VISIBLE_DEVICES": "0"})
+    if train is not None:
+        # The header (device, attention backend, model, budget) and the progress rates are said
+        # even when the run failed later: a crash at eval must not hide how training went.
+        for line in train.stdout.replace("\r", "\n").splitlines():
+            if line.startswith(("device:", "model:", "budget:")):
+                print(f"   {line}")
+        rates = _progress_rates(train.stdout)
+        if rates:
+            print(f"   tok/s per step, steady state (median of the later half): {statistics.median(rates):,.0f}")
     if train is not None and train.returncode == 0:
         summary = _summary(train.stdout)
         for key in ("attention_backend", "startup_seconds", "num_steps", "training_seconds", "total_tokens_M",
@@ -101,9 +110,6 @@ def main() -> int:
         tokens, seconds = _float(summary.get("total_tokens_M")), _float(summary.get("training_seconds"))
         if tokens and seconds:
             print(f"   tok/s: {tokens * 1e6 / seconds:,.0f}")
-        rates = _progress_rates(train.stdout)
-        if rates:
-            print(f"   tok/s per step, steady state (median of the later half): {statistics.median(rates):,.0f}")
 
     # 4. the supervisor, two experiments
     db = work / "log.duckdb"

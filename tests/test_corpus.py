@@ -58,3 +58,29 @@ def test_facts_hold_across_documents():
                 regions.setdefault(place, set()).add(region)
     assert len(regions) > 20
     assert all(len(r) == 1 for r in regions.values())
+
+
+def test_a_validation_shard_too_small_for_the_metric_is_said_before_training(tmp_path, monkeypatch):
+    """Found on the first GPU machine: the generated full-profile validation shard held half the
+    tokens evaluate_bpb reads, and each run trained its whole budget before failing. Now prepare
+    counts the shard, --check says so, and the training loader refuses before the first step."""
+    import dataclasses
+
+    import pytest
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    short = dataclasses.replace(prepare.get_profile("tiny"), synthetic_val_docs=40)
+    prepare.prepare(short, synthetic=True, num_shards=1, base_url="", workers=1)
+    held = prepare.read_manifest(short)["val_tokens"]
+    assert 0 < held < short.eval_tokens
+    checks = {c["name"]: c for c in prepare.check(short)["checks"]}
+    assert not checks["validation"]["ok"] and f"{held:,} usable tokens" in checks["validation"]["detail"]
+    tokenizer = prepare.Tokenizer.from_directory(short)
+    with pytest.raises(prepare.HarnessError, match="fewer than the 131,072 evaluate_bpb reads"):
+        next(prepare.make_dataloader(tokenizer, 2, short.max_seq_len, "train", short))
+
+    # The profile's own size makes the shard again (another row count) and passes.
+    enough = dataclasses.replace(short, synthetic_val_docs=prepare.get_profile("tiny").synthetic_val_docs)
+    prepare.prepare(enough, synthetic=True, num_shards=1, base_url="", workers=1)
+    assert prepare.read_manifest(enough)["val_tokens"] >= enough.eval_tokens
+    assert all(c["ok"] for c in prepare.check(enough)["checks"])
