@@ -130,7 +130,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(args.engine), "OPENAI_API_KEY": "bench-key",
            "ANTHROPIC_API_KEY": "bench-key"}
     with server:
-        argv = [sys.executable, "-m", "scheduler.cli", "--no-ui", "--gpus", f"cpu:{args.lanes}", "--repo", str(repo),
+        argv = [sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--gpus", f"cpu:{args.lanes}", "--repo", str(repo),
                 "--tag", "bench", "--editable", "train.py", "--command", command, "--budget", "5",
                 "--db", str(db), "--agent", f"{args.provider}:{model}", "--base-url", server.base_url,
                 "--max-experiments", str(args.experiments)]

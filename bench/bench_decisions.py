@@ -80,7 +80,7 @@ class Knob:
 # the start a step of x1.2 toward an optimum is worth 0.003-0.009 (1.5-4.5 sigma at 0.002;
 # DEPTH +1 and TOTAL_BATCH_SIZE x2, their smallest steps, 0.007 and 0.010). The starts sit a
 # factor 1.6-3 from the optimum, some above, some below, and each is a value the offline
-# mutator (agents/mutator.py) can move: floats by factors, the fraction below one half by
+# mutator (agents/mutator/steps.py) can move: floats by factors, the fraction below one half by
 # factors, the momentum by its gap to 1, DEPTH (< 16) by +-1/+-2 and the power of two by x2
 # and /2.
 KNOBS = (
@@ -292,9 +292,9 @@ class Engine:
     greedy: bool
 
     def argv(self) -> list[str]:
-        # pyproject's entry point (scheduler.cli:main), called as the console script calls it,
-        # whether or not the checkout's scheduler/cli.py has a __main__ guard.
-        return [self.python, "-c", "import sys; from scheduler.cli import main; sys.exit(main())"]
+        # pyproject's entry point (autoresearch_tui.cli:main), called as the console script calls it,
+        # whether or not the checkout's autoresearch_tui/cli.py has a __main__ guard.
+        return [self.python, "-c", "import sys; from autoresearch_tui.cli import main; sys.exit(main())"]
 
     def env(self) -> dict[str, str]:
         # PYTHONDONTWRITEBYTECODE reaches the trainer too: its `import prepare` would otherwise

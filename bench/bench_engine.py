@@ -1,4 +1,4 @@
-"""Benchmark of the engine (scheduler/supervisor.py): does a lane's GPU stay busy while its
+"""Benchmark of the engine (scheduler/engine/supervisor.py): does a lane's GPU stay busy while its
 agent thinks, and what does supervising eight streaming runs cost the supervisor's own CPU?
 
     python bench/bench_engine.py [--quick] [--T 4] [--L 2] [--N 6] [--D 30] [--part 1|2|all] [--diagnose]
@@ -47,14 +47,14 @@ if str(ROOT) not in sys.path:
 from agents.proposer import Proposal, ProposalError  # noqa: E402
 from results.records import GpuSample  # noqa: E402
 from results.store import Store, utcnow  # noqa: E402
-from scheduler import control, events  # noqa: E402
+from scheduler.engine import control, events  # noqa: E402
 from scheduler.config import Config, Target  # noqa: E402
 from scheduler.gpus import Gpu  # noqa: E402
-from scheduler.headless import JsonLinesPrinter, describe  # noqa: E402
-from scheduler.inbox import GpuSampleTaken  # noqa: E402
-from scheduler.sandbox import SandboxChoice, SandboxMode, choose  # noqa: E402
-from scheduler.supervisor import Supervisor  # noqa: E402
-from scheduler.workspace import Workspace  # noqa: E402
+from autoresearch_tui.headless import JsonLinesPrinter, describe  # noqa: E402
+from scheduler.engine.inbox import GpuSampleTaken  # noqa: E402
+from scheduler.runs.sandbox import SandboxChoice, SandboxMode, choose  # noqa: E402
+from scheduler.engine.supervisor import Supervisor  # noqa: E402
+from scheduler.runs.workspace import Workspace  # noqa: E402
 
 TARGET_BUSY = 0.99
 TARGET_GAP_S = 1.0
@@ -340,7 +340,7 @@ def lane_figures(recorder: Recorder) -> list[LaneFigures]:
 
 def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoice | None = None,
                      cluster=None) -> dict:
-    """`cluster`: a RayCluster (scheduler/raycluster.py) whose GPUs are the lanes, else CPU lanes here."""
+    """`cluster`: a RayCluster (scheduler/cluster/raycluster.py) whose GPUs are the lanes, else CPU lanes here."""
     lanes = cluster.lanes(str(PIPELINE_LANES)) if cluster else [Gpu(i, None, None, "cpu") for i in range(PIPELINE_LANES)]
     recorder = Recorder(lanes=len(lanes))
     # A few progress lines per second, as a real trainer prints about one per step.
@@ -616,7 +616,7 @@ def print_cpu(res: dict, label: str) -> None:
 @contextlib.contextmanager
 def local_ray(address: str | None):
     """A RayCluster on `address`, or on a head node started here (4 logical GPUs) and stopped after."""
-    from scheduler.raycluster import RayCluster
+    from scheduler.cluster.raycluster import RayCluster
 
     ray_cli = str(Path(sys.executable).with_name("ray"))
     started = address is None
@@ -669,7 +669,7 @@ def main() -> int:
                     help="[1] on a Ray cluster's GPUs: --ray-address, or a local one started here (4 logical GPUs)")
     ap.add_argument("--ray-address", help="an existing Ray cluster for --executor ray")
     ap.add_argument("--sandbox", choices=("none", "bwrap"), default="none",
-                    help="run [1]'s trainers in the sandbox (scheduler/sandbox.py), to measure what it costs")
+                    help="run [1]'s trainers in the sandbox (scheduler/runs/sandbox.py), to measure what it costs")
     args = ap.parse_args()
     quick = dict(T=2.0, L=1.0, N=3, D=8.0) if args.quick else dict(T=4.0, L=2.0, N=6, D=30.0)
     T = args.T if args.T is not None else quick["T"]

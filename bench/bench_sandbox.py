@@ -1,9 +1,9 @@
-"""Benchmark of the training child's sandbox (scheduler/sandbox.py): what does confining a run
+"""Benchmark of the training child's sandbox (scheduler/runs/sandbox.py): what does confining a run
 with bubblewrap add to its start-up?
 
     python bench/bench_sandbox.py [--runs 30]
 
-Starts runs through the real executor (scheduler/executor.py: setpriv, Popen, the watcher
+Starts runs through the real executor (scheduler/runs/executor.py: setpriv, Popen, the watcher
 thread), alternating sandboxed and unconfined so that both see the same machine load, and
 times each from the moment before the executor is asked to start it to:
 
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scheduler.executor import RunHandle, RunSpec, child_environment  # noqa: E402
-from scheduler.sandbox import Confinement, SandboxMode, SandboxUnavailable, choose  # noqa: E402
+from scheduler.runs.executor import RunHandle, RunSpec, child_environment  # noqa: E402
+from scheduler.runs.sandbox import Confinement, SandboxMode, SandboxUnavailable, choose  # noqa: E402
 
 TARGET_ADDED_MS = 100.0
 # The child prints its clock first thing: CLOCK_MONOTONIC is system-wide, so it compares with ours.

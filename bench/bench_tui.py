@@ -76,8 +76,8 @@ def child(args) -> None:
     import resource
 
     from results.records import Experiment, GpuSample, Status
-    from scheduler import events
-    from scheduler.runparse import parse_progress
+    from scheduler.engine import events
+    from scheduler.runs.runparse import parse_progress
     from tui.app import ResearchApp
     from tui.link import EngineLink, LaneInfo
 

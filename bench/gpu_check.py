@@ -80,7 +80,7 @@ def main() -> int:
     repo = _research_repo(work / "repo")
 
     # 2. doctor
-    doctor = step("doctor --gpus 0", [sys.executable, "-m", "scheduler.cli", "doctor", "--gpus", "0", "--repo",
+    doctor = step("doctor --gpus 0", [sys.executable, "-m", "autoresearch_tui.cli", "doctor", "--gpus", "0", "--repo",
                                       str(repo), "--json"], ROOT, 300)
     if doctor is not None and doctor.stdout.strip():
         try:
@@ -114,7 +114,7 @@ def main() -> int:
     # 4. the supervisor, two experiments
     db = work / "log.duckdb"
     night = step(f"supervisor --no-ui --gpus 0, 2 experiments of {RUN_S:g} s",
-                 [sys.executable, "-m", "scheduler.cli", "--no-ui", "--gpus", "0", "--repo", str(repo), "--tag",
+                 [sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--gpus", "0", "--repo", str(repo), "--tag",
                   "gpucheck", "--budget", f"{RUN_S:g}", "--max-experiments", "2", "--baseline-runs", "1", "--db",
                   str(db)], ROOT, 2 * (RUN_S + 300))
     if night is not None and db.exists():
@@ -150,7 +150,7 @@ def _summary(stdout: str) -> dict:
 
 
 def _progress_rates(stdout: str) -> list[float]:
-    from scheduler.runparse import parse_progress
+    from scheduler.runs.runparse import parse_progress
 
     rates = [p.tok_per_sec for p in map(parse_progress, stdout.replace("\r", "\n").splitlines())
              if p is not None and p.tok_per_sec]

@@ -7,4 +7,4 @@ proposals reach it as any proposer's do, through the lanes' proposal threads, an
 call reaches the log through its inbox.
 
 Nothing in scheduler/, agents/ or results/ imports this package but the composition root
-(scheduler/startup.py), lazily, as for the TUI."""
+(autoresearch_tui/startup.py), lazily, as for the TUI."""

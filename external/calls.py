@@ -9,7 +9,7 @@ import threading
 from typing import Callable
 
 from results.store import utcnow
-from scheduler.inbox import AgentCall
+from scheduler.engine.inbox import AgentCall
 
 FLUSH_INTERVAL_S = 1.0
 

@@ -52,7 +52,7 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Lab:
-    """What the server is lent by the composition root (scheduler/startup.py)."""
+    """What the server is lent by the composition root (autoresearch_tui/startup.py)."""
 
     view: LabView
     proposer: ExternalProposer | None  # None: built-in agents drive the lanes; nothing to claim

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from results.metric import Metric
 from results.records import Experiment, Kind, Status
-from scheduler import events
-from scheduler.noise import Ruling
+from scheduler.engine import events
+from scheduler.engine.noise import Ruling
 
 FINAL = (Ruling.KEEP, Ruling.DISCARD)
 LOG_TAIL_LINES = 30

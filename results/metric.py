@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .records import SUMMARY_COLUMNS, Decision, Experiment, Kind, Status
 
-_NAME = re.compile(r"^[A-Za-z_][\w.]*$")  # what a summary line's key may be (scheduler/runparse.py)
+_NAME = re.compile(r"^[A-Za-z_][\w.]*$")  # what a summary line's key may be (scheduler/runs/runparse.py)
 
 
 class Direction(enum.StrEnum):

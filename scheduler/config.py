@@ -71,12 +71,12 @@ class Config:
     no_ui: bool = False
     demo: bool = False
     seed: int = 0
-    sandbox: str = "auto"  # auto | bwrap | none: how training children are confined (scheduler/sandbox.py)
+    sandbox: str = "auto"  # auto | bwrap | none: how training children are confined (scheduler/runs/sandbox.py)
     sandbox_read: tuple[str, ...] = ()  # more paths a sandboxed run may read (say a data folder in the home)
     mcp: bool = False  # host the MCP server for external agents (implied by --agent external or --mcp-port)
     mcp_port: int | None = None  # None: a free port
     mcp_host: str = "127.0.0.1"
-    executor: str = "local"  # local | ray: where runs happen (scheduler/raycluster.py for ray)
+    executor: str = "local"  # local | ray: where runs happen (scheduler/cluster/raycluster.py for ray)
     ray_address: str = "auto"  # the Ray cluster to join: auto (RAY_ADDRESS, or the one this machine is in) or HOST:PORT
     ray_lost_after: float = 60.0  # seconds the cluster's head may not answer before the night ends
     claim_seconds: float = 1800.0  # an external agent's claim on a lane lapses after this long without a submission

@@ -24,7 +24,7 @@ class Supervisor:
     def __init__(self, repo: Path, *extra: str, lanes: int = 2, tag: str = "t", env: dict | None = None):
         self.repo = repo
         self.endpoint_file = repo / ".autoresearch" / "mcp.json"
-        argv = [sys.executable, "-m", "scheduler.cli", "--no-ui", "--gpus", f"cpu:{lanes}", "--repo", str(repo),
+        argv = [sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--gpus", f"cpu:{lanes}", "--repo", str(repo),
                 "--tag", tag, "--editable", "train.py", "--command", "python train.py", "--budget", "1",
                 "--baseline-runs", "2", "--agent", "external", *extra]
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},

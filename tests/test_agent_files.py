@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def agent_files(folder: Path, *args: str):
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", "agent-files", "--dir", str(folder), *args],
+    return subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "agent-files", "--dir", str(folder), *args],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=60)
 

@@ -17,14 +17,14 @@ def test_the_headless_demo_keeps_and_discards_and_the_frontier_agrees_with_the_l
     env = {**os.environ, "AUTORESEARCH_CACHE": str(tiny_cache), "PYTHONPATH": str(ROOT)}
     # 8 runs (the demo's default): two baselines and six proposals, so the mutator's random
     # choice of which rates to move and which way almost surely includes both directions.
-    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "--demo", "--no-ui", "--max-experiments", "8"],
+    result = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "--demo", "--no-ui", "--max-experiments", "8"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines()]
     # 8, and any confirmation or verification still needed to judge them
     assert events[-1]["event"] == "finished" and events[-1]["experiments"] >= 8
     # where bubblewrap works the demo's runs are confined by default, and it says which
-    from scheduler.sandbox import SandboxMode, choose
+    from scheduler.runs.sandbox import SandboxMode, choose
     started = next(e["message"] for e in events if e["event"] == "notice" and " started " in f" {e['message']}")
     sandboxed = choose(SandboxMode.AUTO, tmp_path).active
     assert ("training runs sandboxed (bubblewrap" in started) is sandboxed, started

@@ -1,5 +1,5 @@
 """`autoresearch-tui doctor`, run as the user runs it: a child process on a real research
-repository (scheduler/demo.py's), the real tiny data, the real trainer in the smoke run, and
+repository (autoresearch_tui/demo.py's), the real tiny data, the real trainer in the smoke run, and
 loopback fakes of the LLM APIs that the real SDKs talk HTTP to. The GPU paths, which no CLI
 flag can fake, go through `diagnose(..., nvml=stand_in)`."""
 
@@ -21,8 +21,8 @@ from llm_servers import HttpError, OpenAIServer, Text
 from test_gpus import MIB, FakeCard, FakeNvml
 
 from scheduler import config as cfg
-from scheduler.demo import demo_repo
-from scheduler.doctor import Verdict, diagnose
+from autoresearch_tui.demo import demo_repo
+from autoresearch_tui.doctor import Verdict, diagnose
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^([✓!✗]) (\S+) (.+?)  (.*)$")  # mark, area, name, detail
@@ -40,7 +40,7 @@ def child_env(cache: Path, **extra: str) -> dict:
 
 def doctor(cwd: Path, cache: Path, *args: str, env: dict | None = None, timeout: float = 300):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "doctor", *args], cwd=cwd,
+    result = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "doctor", *args], cwd=cwd,
                             env=env or child_env(cache), capture_output=True, text=True, timeout=timeout)
     result.wall_s = time.monotonic() - started
     return result
@@ -428,7 +428,7 @@ def test_a_sandbox_that_cannot_work_is_a_warning_under_auto_and_a_failure_when_i
 
 
 def test_a_working_sandbox_is_checked_and_the_smoke_run_goes_through_it(repo, tiny_cache, tmp_path):
-    from scheduler.sandbox import SandboxMode, SandboxUnavailable, choose
+    from scheduler.runs.sandbox import SandboxMode, SandboxUnavailable, choose
     try:
         choose(SandboxMode.BWRAP, repo)
     except SandboxUnavailable:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-import scheduler.drafting as drafting_module
+import scheduler.engine.drafting as drafting_module
 from results.records import Decision, Status
 from results.store import Store
-from scheduler import control, events
+from scheduler.engine import control, events
 from scheduler.config import Config, Target
 from scheduler.gpus import Gpu
-from scheduler.inbox import ClusterReach, GpuLost, Reach
-from scheduler.supervisor import Supervisor
-from scheduler.workspace import Workspace
+from scheduler.engine.inbox import ClusterReach, GpuLost, Reach
+from scheduler.engine.supervisor import Supervisor
+from scheduler.runs.workspace import Workspace
 
 from fake_research import ScriptedProposer, make_repo
 
@@ -387,7 +387,7 @@ def test_a_win_on_a_moved_frontier_is_verified_even_past_max_experiments(tmp_pat
 
 
 def test_a_resumed_line_remembers_how_many_candidates_were_judged_against_its_frontier(tmp_path):
-    # The frontier's replicas are owed for every candidate judged against it (scheduler/noise.py),
+    # The frontier's replicas are owed for every candidate judged against it (scheduler/engine/noise.py),
     # and a restart must not forget them.
     proposer = ScriptedProposer([{"VALUE": 1.2, "description": "worse"}, {"BONUS": -0.1, "description": "worse too"}])
     sup, store, _ = engine(tmp_path, proposer, max_experiments=4)
@@ -467,7 +467,7 @@ def test_a_target_that_sets_its_own_budget_gets_timeouts_sized_from_its_first_ru
 
 
 def test_a_cluster_that_stops_answering_holds_every_new_start_until_it_answers_again(tmp_path):
-    """The engine's side of --executor ray's watch on the cluster's head (scheduler/raycluster.py
+    """The engine's side of --executor ray's watch on the cluster's head (scheduler/cluster/raycluster.py
     sends these messages; tests/test_ray_executor.py kills a real head): while the head does not
     answer, no run starts; when it answers again, the night goes on and ends as usual."""
     proposer = ScriptedProposer([{"VALUE": 0.9}, {"VALUE": 0.8}])

@@ -14,10 +14,11 @@ from results import report
 from results.metric import Metric
 from results.records import Decision, Kind, Status
 from results.store import Reader
-from scheduler import events, headless
+from scheduler.engine import events
+from autoresearch_tui import headless
 from scheduler.config import Target
-from scheduler.inbox import Inbox, UnknownMessage
-from scheduler.sandbox import SandboxChoice
+from scheduler.engine.inbox import Inbox, UnknownMessage
+from scheduler.runs.sandbox import SandboxChoice
 from tui.header import header_text
 from tui.link import LaneInfo
 from tui.state import ResearchView
@@ -130,7 +131,7 @@ def test_a_higher_is_better_metric_is_ranked_the_same_way_by_engine_tui_headless
     assert tsv[0].split("\t")[:2] == ["commit", "accuracy"]
     assert f"{up.commit[:7]}\t1.300000\t1.0\tkeep\tup" in tsv
     store.close()
-    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "report", "--db", str(tmp_path / "log.duckdb"),
+    out = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "report", "--db", str(tmp_path / "log.duckdb"),
                           "--plot", str(tmp_path / "p.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "accuracy (higher is better)" in out.stdout
@@ -154,7 +155,7 @@ def test_the_running_best_follows_the_metrics_direction():
 def test_a_persons_keep_and_discard_record_who_gave_them_like_every_override(tmp_path):
     import duckdb
 
-    from scheduler import control
+    from scheduler.engine import control
 
     holder = {}
 

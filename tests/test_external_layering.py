@@ -7,14 +7,14 @@ import sys
 
 from test_tui_layering import ROOT, _imports
 
-INSIDE = ["scheduler", "agents", "results", "trainer", "tui"]
+INSIDE = ["autoresearch_tui", "scheduler", "agents", "results", "trainer", "tui"]
 DOOR_PACKAGES = ("external", "mcp", "uvicorn")
-ALLOWED = {("scheduler/startup.py", "external.lanes", "_proposer"),
-           ("scheduler/startup.py", "external.lanes", "_open_door"),
-           ("scheduler/startup.py", "external.calls", "_open_door"),
-           ("scheduler/startup.py", "external.server", "_open_door"),
-           ("scheduler/startup.py", "external.view", "_open_door"),
-           ("scheduler/cli.py", "external.files", "agent_files")}
+ALLOWED = {("autoresearch_tui/startup.py", "external.lanes", "_proposer"),
+           ("autoresearch_tui/startup.py", "external.lanes", "_open_door"),
+           ("autoresearch_tui/startup.py", "external.calls", "_open_door"),
+           ("autoresearch_tui/startup.py", "external.server", "_open_door"),
+           ("autoresearch_tui/startup.py", "external.view", "_open_door"),
+           ("autoresearch_tui/cli.py", "external.files", "agent_files")}
 
 
 def test_only_the_composition_root_opens_the_door_and_only_lazily():
@@ -37,7 +37,7 @@ def test_the_door_imports_no_ui():
 
 
 def test_a_session_without_external_agents_or_ray_never_loads_their_libraries():
-    code = ("import sys, scheduler.cli, scheduler.startup, scheduler.supervisor; "
+    code = ("import sys, autoresearch_tui.cli, autoresearch_tui.startup, scheduler.engine.supervisor; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('external', 'mcp', 'uvicorn', 'ray')], "
             "[m for m in sys.modules if m.split('.')[0] in ('external', 'mcp', 'uvicorn', 'ray')]")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from results.records import Decision, Experiment, Kind, Status
-from scheduler.judge import Confirm, Decide, FrontierFailed, Judge, Promote, Queue
-from scheduler.noise import (ENOUGH_DOF, KEEP_Z, MAX_RUNS, GreedyPolicy, Measurements, Noise, Policy, Rule, Ruling,
+from scheduler.engine.judge import Confirm, Decide, FrontierFailed, Judge, Promote, Queue
+from scheduler.engine.noise import (ENOUGH_DOF, KEEP_Z, MAX_RUNS, GreedyPolicy, Measurements, Noise, Policy, Rule, Ruling,
                              chi2_quantile, sigma_upper_bound, throughput)
-from scheduler.state import ResearchState
+from scheduler.engine.state import ResearchState
 
 START, WIN, OTHER = "a" * 40, "b" * 40, "c" * 40
 GPU = "H100"

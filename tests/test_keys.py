@@ -22,7 +22,7 @@ KEY = "sk-openai-hunter2-keys-0123456789"
 def test_the_supervisor_makes_itself_non_dumpable():
     if sys.platform != "linux":
         pytest.skip("prctl is Linux's")
-    probe = ("from scheduler.keys import is_dumpable, make_undumpable; "
+    probe = ("from scheduler.runs.keys import is_dumpable, make_undumpable; "
              "before = is_dumpable(); ok = make_undumpable(); print(before, ok, is_dumpable())")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -28,7 +28,7 @@ from agents.worker import Context, Worker
 from fake_research import make_repo
 from llm_servers import AnthropicServer, HttpError, OpenAIServer, Slow, Text, ToolCalls, Usage
 from results.store import Store
-from scheduler import events
+from scheduler.engine import events
 from test_agents_llm import ANTHROPIC_KEY, OPENAI_KEY, SET, SUBMIT, Researcher, _draft
 from test_supervisor_cli import ENTRY, ROOT, command, git, rows, start
 from tui.header import header_text

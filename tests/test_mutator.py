@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.mutator import OfflineMutator, changes_for, find_knobs, kept_directions
+from agents.mutator import OfflineMutator
+from agents.mutator.knobs import find_knobs
+from agents.mutator.search import kept_directions
+from agents.mutator.steps import changes_for
 from agents.proposer import PastExperiment, ProposalError, ProposalRequest
 from results.metric import Direction, Metric
 

@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 
 from fake_research import make_repo, set_constants  # noqa: E402
 from results.records import Status  # noqa: E402
-from scheduler.executor import RunSpec, child_environment  # noqa: E402
+from scheduler.runs.executor import RunSpec, child_environment  # noqa: E402
 from test_supervisor_cli import ROOT  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -76,7 +76,7 @@ def commit_trainer(root: Path, **constants) -> Path:
 def test_a_headless_night_on_the_cluster_runs_on_rays_cards_without_secrets_and_judges_as_locally(cluster, tmp_path):
     repo = make_repo(tmp_path / "repo")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-hunter2", "HF_TOKEN": "hunter2-token"}
-    done = subprocess.run([sys.executable, "-m", "scheduler.cli", "--no-ui", "--executor", "ray", "--ray-address",
+    done = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--executor", "ray", "--ray-address",
                            cluster, "--repo", str(repo), "--tag", "t", "--editable", "train.py", "--command",
                            "python train.py", "--budget", "1", "--baseline-runs", "2", "--max-experiments", "8"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -106,7 +106,7 @@ def test_a_headless_night_on_the_cluster_runs_on_rays_cards_without_secrets_and_
 
 @pytest.fixture
 def lanes(cluster):
-    from scheduler.raycluster import RayCluster
+    from scheduler.cluster.raycluster import RayCluster
 
     ray_cluster = RayCluster(cluster)
     gpus = ray_cluster.lanes("2")
@@ -161,7 +161,7 @@ def test_stopping_a_run_leaves_no_process_on_the_node(lanes, tmp_path, mode, lim
 
 
 def test_a_node_that_dies_mid_run_interrupts_its_run_and_leaves_nothing_running(cluster, tmp_path):
-    from scheduler.raycluster import RayCluster
+    from scheduler.cluster.raycluster import RayCluster
 
     port = free_port()
     subprocess.run([RAY, "start", "--address", cluster, "--num-cpus", "2", "--num-gpus", "1",
@@ -208,7 +208,7 @@ def test_when_a_node_dies_its_lane_leaves_and_its_run_is_run_again_on_another(cl
     subprocess.run([RAY, "start", "--address", cluster, "--num-cpus", "2", "--num-gpus", "1",
                     "--node-manager-port", str(port)], env=RAY_ENV, check=True, capture_output=True, timeout=120)
     repo = commit_trainer(tmp_path / "repo", DURATION=4.0)
-    argv = [sys.executable, "-m", "scheduler.cli", "--no-ui", "--executor", "ray", "--ray-address", cluster,
+    argv = [sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--executor", "ray", "--ray-address", cluster,
             "--gpus", "3", "--repo", str(repo), "--tag", "t", "--editable", "train.py", "--command", "python train.py",
             "--budget", "4", "--baseline-runs", "3", "--max-experiments", "6"]
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
@@ -251,7 +251,7 @@ def test_the_headless_demo_runs_on_the_cluster_and_keeps_and_discards(cluster, t
     # takes a minute; the runs are deterministic (fixed seed and steps) on either executor.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AUTORESEARCH_CACHE": str(tiny_cache),
            "AUTORESEARCH_STEP_BUDGET": "10"}
-    done = subprocess.run([sys.executable, "-m", "scheduler.cli", "--demo", "--no-ui", "--executor", "ray",
+    done = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "--demo", "--no-ui", "--executor", "ray",
                            "--ray-address", cluster, "--baseline-runs", "2", "--max-experiments", "6"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -265,7 +265,7 @@ def test_the_headless_demo_runs_on_the_cluster_and_keeps_and_discards(cluster, t
 
 def test_kill_9_of_the_supervisor_leaves_no_training_process_on_the_nodes(cluster, tmp_path):
     repo = commit_trainer(tmp_path / "repo", MODE="slow")
-    argv = [sys.executable, "-m", "scheduler.cli", "--no-ui", "--executor", "ray", "--ray-address", cluster,
+    argv = [sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--executor", "ray", "--ray-address", cluster,
             "--repo", str(repo), "--tag", "t", "--editable", "train.py", "--command", "python train.py",
             "--budget", "1", "--baseline-runs", "2"]
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
@@ -354,7 +354,7 @@ def test_a_node_without_its_data_stops_the_night_before_it_starts_and_says_which
                "print('cannot download: no route to the data', file=sys.stderr)\n"
                "sys.exit(1)\n")
     repo = make_repo(tmp_path / "repo", files={"train.py": "print('never run')\n", "prepare.py": harness})
-    done = subprocess.run([sys.executable, "-m", "scheduler.cli", "--no-ui", "--executor", "ray", "--ray-address",
+    done = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--executor", "ray", "--ray-address",
                            cluster, "--repo", str(repo), "--tag", "t", "--editable", "train.py", "--command",
                            "python train.py", "--budget", "1"],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
@@ -399,7 +399,7 @@ def test_doctor_reports_each_node_its_lanes_and_its_data(cluster, tmp_path):
                                             "prepare.py": (ROOT / "prepare.py").read_text()})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AUTORESEARCH_CACHE": str(tmp_path / "empty"),
            "AUTORESEARCH_PROFILE": "tiny"}
-    done = subprocess.run([sys.executable, "-m", "scheduler.cli", "doctor", "--executor", "ray", "--ray-address",
+    done = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "doctor", "--executor", "ray", "--ray-address",
                            cluster, "--repo", str(repo), "--editable", "train.py", "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -426,7 +426,7 @@ def test_a_cluster_that_stops_answering_ends_the_night_in_order_and_resume_runs_
     subprocess.run([RAY, "start", *head], env=RAY_ENV, check=True, capture_output=True, timeout=120)
     repo = commit_trainer(tmp_path / "repo", DURATION=8.0)
     (tmp_path / "night.toml").write_text("[ray]\nlost_after = 5\n")
-    argv = [sys.executable, "-m", "scheduler.cli", "--no-ui", "--executor", "ray", "--ray-address",
+    argv = [sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--executor", "ray", "--ray-address",
             f"127.0.0.1:{port}", "--config", str(tmp_path / "night.toml"), "--repo", str(repo), "--tag", "t",
             "--editable", "train.py", "--command", "python train.py", "--budget", "8", "--baseline-runs", "2",
             "--max-experiments", "3"]
@@ -476,7 +476,7 @@ def test_a_cluster_that_stops_answering_ends_the_night_in_order_and_resume_runs_
 def test_a_cluster_that_is_not_there_is_one_sentence_and_exit_2_at_once(tmp_path):
     repo = make_repo(tmp_path / "repo")
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "scheduler.cli", "--no-ui", "--executor", "ray", "--ray-address",
+    done = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "--no-ui", "--executor", "ray", "--ray-address",
                            f"127.0.0.1:{free_port()}", "--repo", str(repo), "--tag", "t", "--editable", "train.py",
                            "--command", "python train.py"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=120)

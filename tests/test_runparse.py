@@ -1,6 +1,6 @@
 """Reading a run's output as it arrives, in chunks that split lines anywhere."""
 
-from scheduler.runparse import RunParser, parse_progress, typed_summary
+from scheduler.runs.runparse import RunParser, parse_progress, typed_summary
 
 UPSTREAM = (
     "\rstep 00041 (13.7%) | loss: 3.912345 | lrm: 1.00 | dt: 318ms | tok/sec: 1,648,123 | mfu: 39.8% | epoch: 1 | "
@@ -53,7 +53,7 @@ def test_events_encode_as_strict_json_even_with_a_nan_loss():
     from datetime import datetime
 
     from results.records import GpuSample
-    from scheduler import events
+    from scheduler.engine import events
 
     point = parse_progress("step 00007 (3.0%) | loss: nan | lrm: 1.00")
     assert point.loss != point.loss  # parsed as NaN

@@ -1,4 +1,4 @@
-"""The training child's sandbox (scheduler/sandbox.py), tried the way an attacker would: a
+"""The training child's sandbox (scheduler/runs/sandbox.py), tried the way an attacker would: a
 planted train.py that goes after the keys, the user's home, the repository, the other lanes,
 the experiment log, the supervisor and the network, run by the real command line with real
 bubblewrap, real git, a real DuckDB file and a real TCP server on 127.0.0.1. The same script
@@ -23,9 +23,9 @@ import pytest
 from fake_research import FAKE_TRAIN, make_repo
 from results.records import Status
 from results.store import Store
-from scheduler.executor import RunHandle, RunSpec, child_environment
+from scheduler.runs.executor import RunHandle, RunSpec, child_environment
 from scheduler.gpus import Gpu
-from scheduler.sandbox import Confinement, Sandbox, SandboxMode, SandboxUnavailable, choose
+from scheduler.runs.sandbox import Confinement, Sandbox, SandboxMode, SandboxUnavailable, choose
 from test_supervisor_cli import ROOT, command
 
 KEY = "sk-openai-sandbox-test-0123456789abcdef"
@@ -91,7 +91,7 @@ def signal_supervisor():
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"scheduler.cli import main" not in f.read():
+                if b"autoresearch_tui.cli import main" not in f.read():
                     continue
             os.kill(int(pid), 0)  # permission to signal it, without doing it
             signalled = True

@@ -55,7 +55,7 @@ def test_report_runs_in_another_process_while_the_writer_is_live(tmp_path):
         read_until(writer, lambda ls: ls[-1] == "holding")
         with pytest.raises(duckdb.Error, match="lock"):
             duckdb.connect(str(db), read_only=True)  # the reason snapshots exist
-        result = subprocess.run([sys.executable, "-m", "scheduler.cli", "report", "--db", str(db)],
+        result = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "report", "--db", str(db)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
     finally:
         writer.kill()
@@ -149,7 +149,7 @@ def test_tsv_matches_upstream_results_tsv_byte_for_byte(tmp_path):
             store.save_experiment(replace(e, status=status, summary=summary, commit=commit, decision=decision))
         queued = store.add_experiment(Experiment(run_id="r", lane=1, description="not run yet"))
         assert queued.status is Status.QUEUED
-    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "report", "--db", str(db), "--format", "tsv"],
+    result = subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "report", "--db", str(db), "--format", "tsv"],
                             cwd=ROOT, capture_output=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout == UPSTREAM_TSV.encode()
@@ -189,7 +189,7 @@ def test_experiments_that_were_running_become_interrupted(tmp_path):
 
 
 def run_report(*args):
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", "report", *args],
+    return subprocess.run([sys.executable, "-m", "autoresearch_tui.cli", "report", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

@@ -16,7 +16,7 @@ from fake_research import make_repo, set_constants
 
 ROOT = Path(__file__).resolve().parent.parent
 # Runs the real entry point and then proves the headless path never loaded the TUI toolkit.
-ENTRY = ("import sys; from scheduler.cli import main; rc = main(sys.argv[1:]); "
+ENTRY = ("import sys; from autoresearch_tui.cli import main; rc = main(sys.argv[1:]); "
          "assert 'textual' not in sys.modules, 'textual was imported'; sys.exit(rc)")
 
 

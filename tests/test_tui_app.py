@@ -4,7 +4,7 @@ the mouse, and the coalescing of a burst of progress into one redraw per lane.""
 
 import asyncio
 
-from scheduler import control
+from scheduler.engine import control
 from tui import actions
 from tui.app import ResearchApp
 from tui.confirm import ConfirmScreen

@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-import scheduler.drafting as drafting_module
+import scheduler.engine.drafting as drafting_module
 from results.records import Decision, DecisionSource, Status
 from results.store import Store
-from scheduler import control, events
+from scheduler.engine import control, events
 from scheduler.config import Config, Target
 from scheduler.gpus import Gpu
-from scheduler.supervisor import Supervisor
-from scheduler.workspace import Workspace
+from scheduler.engine.supervisor import Supervisor
+from scheduler.runs.workspace import Workspace
 from tui.app import ResearchApp
 from tui.confirm import ConfirmScreen
 from tui.detail import DetailScreen

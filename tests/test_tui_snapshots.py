@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import replace
 
 from results.records import Status
-from scheduler import events
+from scheduler.engine import events
 from tui.app import ResearchApp
 from tui.detail import DetailScreen
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from results.records import Decision, DecisionSource, Status
-from scheduler import events
-from scheduler.runparse import Progress
+from scheduler.engine import events
+from scheduler.runs.runparse import Progress
 from tui import figures, lane_text
 from tui.lane_grid import columns_for
 from tui.lane_pane import DENSE_HEIGHT

@@ -7,8 +7,8 @@ import math
 from datetime import datetime, timedelta
 
 from results.records import Experiment, GpuSample, Status
-from scheduler import control, events
-from scheduler.runparse import Progress
+from scheduler.engine import control, events
+from scheduler.runs.runparse import Progress
 from tui.link import EngineLink, LaneInfo
 
 T0 = datetime(2026, 11, 21, 1, 0, 0)

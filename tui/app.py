@@ -28,7 +28,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from results.records import Experiment
-from scheduler import control, events
+from scheduler.engine import control, events
 
 from . import actions
 from .best_chart import BestChart

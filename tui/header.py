@@ -7,7 +7,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from scheduler import events
+from scheduler.engine import events
 
 from . import figures
 from .state import ResearchView

@@ -1,4 +1,4 @@
-"""Starting the TUI around an engine: `scheduler/startup.py` (the composition root) calls
+"""Starting the TUI around an engine: `autoresearch_tui/startup.py` (the composition root) calls
 `run_tui` when --no-ui is not given, and gets the supervisor's exit code back."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from scheduler import control
-from scheduler.headless import install_signal_handlers
+from scheduler.engine import control
+from scheduler.engine.control import install_signal_handlers
 
 from .app import ResearchApp
 from .link import EngineLink

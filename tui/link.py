@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from results.metric import Metric
-from scheduler import control
-from scheduler.sandbox import SandboxChoice
+from scheduler.engine import control
+from scheduler.runs.sandbox import SandboxChoice
 
 
 @dataclass(frozen=True)

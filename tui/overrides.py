@@ -5,7 +5,7 @@ at once what was asked, and the engine's events say what became of it."""
 from __future__ import annotations
 
 from results.records import Experiment, Status
-from scheduler import control
+from scheduler.engine import control
 
 from .confirm import Choice, ConfirmScreen
 from .detail import DetailScreen

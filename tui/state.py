@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 
 from results.metric import Metric, delta, running_best, starting_points
 from results.records import Decision, Experiment, GpuSample, Kind, Status
-from scheduler import events
-from scheduler.noise import Ruling
-from scheduler.runparse import Progress
-from scheduler.sandbox import SandboxChoice
-from scheduler.state import LaneState
+from scheduler.engine import events
+from scheduler.engine.noise import Ruling
+from scheduler.runs.runparse import Progress
+from scheduler.runs.sandbox import SandboxChoice
+from scheduler.engine.state import LaneState
 
 from .link import LaneInfo
 

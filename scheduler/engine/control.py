@@ -6,6 +6,7 @@ row's time) and who: `by` names the person and the tool ("ada via tui"); empty w
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 
@@ -69,3 +70,15 @@ class Quit:
 
 
 Command = Keep | Discard | Approve | Reject | PauseLane | ResumeLane | StopRun | Rerun | Quit
+
+
+def install_signal_handlers(submit) -> None:
+    """SIGINT/SIGTERM: the first asks for a graceful quit, the next for an immediate one."""
+    count = [0]
+
+    def handler(signum, frame):
+        count[0] += 1
+        submit(Quit(now=count[0] > 1))
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -8,6 +8,7 @@ LLM. One thread per run reads its output, writes the log, parses it, and watches
 from __future__ import annotations
 
 import codecs
+import enum
 import functools
 import logging
 import os
@@ -88,6 +89,14 @@ def target_command(command: str) -> list[str]:
     if argv and argv[0] in ("python", "python3"):
         argv[0] = sys.executable
     return argv
+
+
+class Reach(enum.StrEnum):
+    """Whether the place runs happen (a Ray cluster's head) answers the supervisor."""
+
+    UNREACHABLE = "unreachable"  # no answer now: no new run or proposal until it answers
+    BACK = "back"  # it answers again
+    LOST = "lost"  # no answer for too long: the night ends
 
 
 @dataclass(frozen=True)
@@ -317,7 +326,7 @@ def classify(spec: RunSpec, parser: RunParser, exit_code: int | None, stopped: S
 
 class LocalExecutor:
     """Runs experiments as child processes on this machine, confined by `sandbox` when there is
-    one (scheduler/sandbox.py). The engine sees only start(): another executor (a Ray cluster,
+    one (scheduler/runs/sandbox.py). The engine sees only start(): another executor (a Ray cluster,
     say) would return a handle with the same methods."""
 
     def __init__(self, sandbox: Sandbox | None = None):

@@ -2,8 +2,8 @@
 
 `Judge.result` touches no git, thread or store and changes nothing: it returns actions
 (decide this, queue that run, promote that winner, the frontier fails), which the supervisor
-applies in order (scheduler/supervisor.py) -- the moving of the frontier itself, with its git
-work, is scheduler/promotion.py. So every rule can be tested on a state built by hand
+applies in order (scheduler/engine/supervisor.py) -- the moving of the frontier itself, with its git
+work, is scheduler/engine/promotion.py. So every rule can be tested on a state built by hand
 (tests/test_judge.py) and driven by a simulation."""
 
 from __future__ import annotations

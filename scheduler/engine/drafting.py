@@ -14,13 +14,13 @@ from dataclasses import replace
 from agents.proposer import Outcome, ProposalError, ProposalRequest, Proposer
 from results.records import Experiment, Kind, LlmCall, Status
 from results.store import utcnow
+from scheduler.config import Config
+from scheduler.runs.workspace import Workspace, WorkspaceError
 
 from . import events
-from .config import Config
 from .inbox import Inbox, ProposalDrafted, ProposalReplayed
 from .ledger import Ledger
 from .state import Drafting as DraftingSlot, Held, Lane, Ready, Replaying, ResearchState
-from .workspace import Workspace, WorkspaceError
 
 log = logging.getLogger("autoresearch.supervisor")
 

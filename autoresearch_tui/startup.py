@@ -13,22 +13,23 @@ from dataclasses import replace
 from pathlib import Path
 
 from agents.llm import Client
-from agents.prices import priced
-from agents.spending import Purse
 from agents.llm_proposer import LlmProposer
 from agents.mutator import OfflineMutator
+from agents.prices import priced
+from agents.spending import Purse
 from results.store import Store, StoreError
+from scheduler import config as cfg
+from scheduler.engine.control import install_signal_handlers
+from scheduler.engine.inbox import AgentCallsMade, ClusterReach, Inbox, MemoryToWrite
+from scheduler.engine.supervisor import Supervisor
+from scheduler.gpus import GpuSpecError, discover
+from scheduler.runs.keys import make_undumpable, take_provider_keys
+from scheduler.runs.sandbox import SandboxChoice, SandboxMode, SandboxUnavailable, choose
+from scheduler.runs.workspace import Workspace, WorkspaceError
 
-from . import config as cfg
 from .demo import DEMO_KNOBS, DemoError, demo_config, prepare_data
-from .gpus import GpuSpecError, discover
-from .headless import JsonLinesPrinter, install_signal_handlers
-from .inbox import AgentCallsMade, ClusterReach, Inbox, MemoryToWrite
-from .keys import make_undumpable, take_provider_keys
+from .headless import JsonLinesPrinter
 from .lock import AlreadyRunning, SupervisorLock
-from .sandbox import SandboxChoice, SandboxMode, SandboxUnavailable, choose
-from .supervisor import Supervisor
-from .workspace import Workspace, WorkspaceError
 
 log = logging.getLogger("autoresearch")
 
@@ -84,7 +85,7 @@ def _proposer(config: cfg.Config, keys: dict[str, str], workspace: Workspace):
         return OfflineMutator(seed=config.seed, include=DEMO_KNOBS if config.demo else None)
     provider, model = config.agent.split(":", 1)
     key = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}[provider]
-    # Keys come from the environment only, taken out of it at start (scheduler/keys.py); a
+    # Keys come from the environment only, taken out of it at start (scheduler/runs/keys.py); a
     # local OpenAI-compatible server (--base-url) usually needs none.
     if not keys.get(key) and not (provider == "openai" and config.base_url):
         raise UsageError(f"--agent {config.agent} needs {key} in the environment.")
@@ -202,9 +203,9 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
 
 
 def _ray_lanes(config: cfg.Config):
-    """The lanes on a Ray cluster's GPUs (scheduler/raycluster.py), one placement group bundle each."""
+    """The lanes on a Ray cluster's GPUs (scheduler/cluster/raycluster.py), one placement group bundle each."""
     try:
-        from .raycluster import ClusterError, RayCluster
+        from scheduler.cluster.raycluster import ClusterError, RayCluster
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'autoresearch-tui[ray]' (on every node too).") from None
     try:
@@ -218,7 +219,7 @@ def _nodes_ready(cluster, executor, workspace: Workspace, aloud: bool) -> None:
     """Every node has the data its lanes' runs read, or prepares it, before any lane starts; a node
     that cannot is named with what it lacks (exit 2). `aloud`: also on the terminal (before the
     TUI, which would show nothing while a node prepares)."""
-    from .raycluster import ClusterError
+    from scheduler.cluster.raycluster import ClusterError
 
     start = workspace.starting_point()
     line = (f"checking the data on {len(cluster.nodes())} Ray node(s) (prepare.py --check there; "

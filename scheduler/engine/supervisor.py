@@ -1,8 +1,8 @@
 """The engine's loop: every lane proposes, trains and is judged, concurrently, until told to stop.
 
-One thread (the one that calls `run()`) owns the research line's state (scheduler/state.py).
+One thread (the one that calls `run()`) owns the research line's state (scheduler/engine/state.py).
 Everything else -- the proposal threads, each run's watcher thread, the telemetry sampler, the
-TUI, signal handlers -- sends it typed messages through the inbox (scheduler/inbox.py), so
+TUI, signal handlers -- sends it typed messages through the inbox (scheduler/engine/inbox.py), so
 there are no races on the lanes, the frontier or the store, and the order of events is the
 order things happened. Each pass of the loop handles what arrived, then reconciles: every free
 lane gets its next run, proposals waiting on a moved frontier are replayed, every lane drafts
@@ -31,12 +31,14 @@ from typing import Callable
 from agents.proposer import Proposer, ProposerContext
 from results.records import DecisionSource, Event as StoredEvent, Experiment, Kind, MetricPoint, Run, Status
 from results.store import Store, utcnow
+from scheduler.config import Config
+from scheduler.gpus import Gpu, TelemetrySampler
+from scheduler.runs.executor import LocalExecutor
+from scheduler.runs.sandbox import SandboxChoice, SandboxMode
+from scheduler.runs.workspace import Workspace
 
 from . import control, events
-from .config import Config
 from .drafting import PROPOSAL_FAILURES_BEFORE_GIVING_UP, Drafting
-from .executor import LocalExecutor
-from .gpus import Gpu, TelemetrySampler
 from .inbox import (AgentCallsMade, ClusterReach, CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded,
                     MemoryToWrite, Message, ProposalDrafted, ProposalReplayed, Reach, RunEnded, RunProgressed,
                     UnknownMessage)
@@ -46,9 +48,7 @@ from .ledger import Ledger
 from .noise import GreedyPolicy, Policy
 from .overrides import Overrides
 from .promotion import Promotion
-from .sandbox import SandboxChoice, SandboxMode
 from .state import Lane, Quitting, Ready, ResearchState
-from .workspace import Workspace
 
 log = logging.getLogger("autoresearch.supervisor")
 

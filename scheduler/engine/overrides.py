@@ -1,16 +1,16 @@
-"""What a person's commands (scheduler/control.py: a key in the TUI, a signal when headless) do
+"""What a person's commands (scheduler/engine/control.py: a key in the TUI, a signal when headless) do
 to the research line, applied on the supervisor's thread. Every one is an override, recorded in
 the events table with who gave it (`{"by": ...}`) and when (the row's time)."""
 
 from __future__ import annotations
 
 from results.records import Decision, DecisionSource, Experiment, Kind, Status
+from scheduler.runs.workspace import Workspace
 
 from . import control, events
 from .ledger import Ledger
 from .promotion import Promotion
 from .state import Held, Quitting, Ready, ResearchState, Running
-from .workspace import Workspace
 
 USER = DecisionSource.USER
 

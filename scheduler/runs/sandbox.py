@@ -25,7 +25,7 @@ ends every process in it) make sure nothing outlives it either way.
 `--sandbox auto` (the default) uses bubblewrap where it works and says once, at start, why
 it does not where it does not; `--sandbox bwrap` insists (exit 2 if it cannot); `--sandbox
 none` runs children unconfined, with the provider keys still out of their reach
-(scheduler/keys.py)."""
+(scheduler/runs/keys.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gpus import Gpu
+from scheduler.gpus import Gpu
 
 # The driver's nodes every CUDA process opens, whichever card it uses; nvidia-caps holds MIG's.
 _CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset",

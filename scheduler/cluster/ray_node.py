@@ -165,7 +165,7 @@ class LaneWorker:
     def _environment(self, sent: dict) -> dict:
         """The node's own machine variables (PATH, HOME, the virtualenv, CUDA's), filtered as for
         a local child, then the run's settings from the supervisor, then Ray's card."""
-        from scheduler.executor import child_environment, slug
+        from scheduler.runs.executor import child_environment, slug
 
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch-tui" / "compile"
         env = child_environment(dict(os.environ), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),

@@ -9,13 +9,13 @@ commit. Runs on the supervisor's thread."""
 from __future__ import annotations
 
 from results.records import Decision, DecisionSource, Experiment, Kind
+from scheduler.runs.workspace import Workspace
 
 from . import events
 from .judge import Action, Judge
 from .ledger import Ledger
 from .noise import Rule, Ruling, Verdict
 from .state import ResearchState
-from .workspace import Workspace
 
 
 class Promotion:

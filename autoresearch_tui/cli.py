@@ -122,7 +122,7 @@ def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
 def doctor(argv: list[str]) -> int:
     from dataclasses import replace
 
-    from . import config as cfg
+    from scheduler import config as cfg
     from .doctor import diagnose
 
     args = build_doctor_parser().parse_args(argv)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return doctor(argv[1:])
     # Before anything is imported that starts a helper (gitpython runs `git version` on import):
     # the provider keys leave the environment, and this process becomes non-dumpable.
-    from .keys import make_undumpable, take_provider_keys
+    from scheduler.runs.keys import make_undumpable, take_provider_keys
 
     keys, undumpable = take_provider_keys(), make_undumpable()
     from .startup import supervise  # the engine's imports are heavier than report's

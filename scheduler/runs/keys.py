@@ -1,7 +1,7 @@
 """Keeping the provider keys out of reach of the code the night runs.
 
 Every experiment runs a program an LLM wrote, with the user's rights. A training child gets an
-allow-listed environment without secrets (scheduler/executor.py), but two ways to the keys
+allow-listed environment without secrets (scheduler/runs/executor.py), but two ways to the keys
 remained: any process of the same user could read the supervisor's `/proc/<pid>/environ`, and
 every helper the supervisor starts (git, gitpython's cat-file, setpriv, prepare.py) inherited
 its environment. So, first thing at start-up, the provider keys are taken out of the

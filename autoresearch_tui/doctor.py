@@ -22,10 +22,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from . import config as cfg
-from .gpus import Gpu, GpuSpecError, discover
-from .sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose
-from .workspace import WorkspaceError
+from scheduler import config as cfg
+from scheduler.gpus import Gpu, GpuSpecError, discover
+from scheduler.runs.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose
+from scheduler.runs.workspace import WorkspaceError
 
 MIN_FREE_GB = 1.0  # below this a night cannot even write its logs and checkpoints
 LOW_FREE_GB = 10.0
@@ -205,7 +205,7 @@ def _driver(nvml) -> str | None:
 
 def _unusable(nvml) -> dict[int, str]:
     """The cards NVML sees but cannot use (discovery leaves them out with a log line only)."""
-    from .gpus import _NvmlUnavailable, _probe
+    from scheduler.gpus import _NvmlUnavailable, _probe
 
     try:
         return _probe(nvml)[1]
@@ -255,7 +255,7 @@ def cluster(config: cfg.Config) -> list[Check]:
     """--executor ray: the cluster answers, gives the lanes asked for, and every node has the data
     its runs read (asked of the harness there; the night prepares what a node lacks)."""
     try:
-        from .raycluster import ClusterError, RayCluster
+        from scheduler.cluster.raycluster import ClusterError, RayCluster
     except ImportError:
         return [Check("ray", "cluster", Verdict.FAIL, "Ray is not installed", "pip install 'autoresearch-tui[ray]'")]
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import git
 
-from .config import Config
+from scheduler.config import Config
 
 DEMO_GPUS = "cpu:2"
 DEMO_BUDGET = 20.0  # seconds the runs are sized for (their timeouts): DEMO_STEPS take ~20 s on 2 cores

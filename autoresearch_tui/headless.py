@@ -1,18 +1,16 @@
-"""`--no-ui`: the engine's events as JSON lines on stdout, a human log on stderr, and signals
-as quit commands (the first lets the running experiments finish, the second stops them).
+"""`--no-ui`: the engine's events as JSON lines on stdout and a human log on stderr. (Signals
+become quit commands in scheduler/engine/control.py, for the TUI and headless alike.)
 
 Nothing here imports textual: a headless box never needs the TUI's dependencies to load."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 
 from results.metric import Metric
-
-from . import control, events
+from scheduler.engine import events
 
 log = logging.getLogger("autoresearch.headless")
 
@@ -65,15 +63,3 @@ def describe(event, metric: Metric | None = None) -> str | None:
         case events.NoiseEstimated(gpu_model=model, sigma=sigma, dof=dof, margin=margin) if sigma is not None:
             return f"noise on {model}: sigma {sigma:.4f} from {dof} dof; a run must beat the frontier by {margin:.4f}"
     return None
-
-
-def install_signal_handlers(submit) -> None:
-    """SIGINT/SIGTERM: the first asks for a graceful quit, the next for an immediate one."""
-    count = [0]
-
-    def handler(signum, frame):
-        count[0] += 1
-        submit(control.Quit(now=count[0] > 1))
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)

@@ -5,17 +5,16 @@ being dropped on the floor."""
 
 from __future__ import annotations
 
-import enum
 import queue
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 
 from results.records import Experiment, GpuSample, LlmCall
+from scheduler.runs.executor import Reach, RunResult
+from scheduler.runs.runparse import Progress
 
 from . import control
-from .executor import RunResult
-from .runparse import Progress
 
 
 @dataclass(frozen=True)
@@ -103,12 +102,6 @@ class AgentCallsMade:
     otherwise wake the loop eight times a second for a row each."""
 
     calls: tuple[AgentCall, ...]
-
-
-class Reach(enum.StrEnum):
-    UNREACHABLE = "unreachable"  # no answer now: no new run or proposal until it answers
-    BACK = "back"  # it answers again
-    LOST = "lost"  # no answer for too long: the night ends
 
 
 @dataclass(frozen=True)

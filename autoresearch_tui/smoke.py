@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from results.records import Status
-
-from .executor import LocalExecutor, RunResult, RunSpec, child_environment, target_command
-from .gpus import Gpu
-from .runparse import parse_progress
-from .sandbox import Confinement, Sandbox
-from .workspace import Workspace
+from scheduler.gpus import Gpu
+from scheduler.runs.executor import LocalExecutor, RunResult, RunSpec, child_environment, target_command
+from scheduler.runs.runparse import parse_progress
+from scheduler.runs.sandbox import Confinement, Sandbox
+from scheduler.runs.workspace import Workspace
 
 SMOKE_BUDGET_S = {"cpu": 10.0, "gpu": 30.0}  # training seconds: enough for steady steps after a compile
 BUDGET_TOLERANCE = 0.5  # a target whose training time is off the budget by more than this fraction sets its own

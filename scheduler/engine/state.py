@@ -2,7 +2,7 @@
 
 Everything the engine knows lives in one `ResearchState`: the frontier, every measurement,
 every experiment, the runs waiting for a lane, the changes already tried, what the proposers
-are told, and the lanes. Other threads never touch it; they send messages (scheduler/inbox.py).
+are told, and the lanes. Other threads never touch it; they send messages (scheduler/engine/inbox.py).
 
 A lane does two things at once -- its GPU trains one experiment while its next proposal is
 drafted in a second worktree -- so it has two slots, each holding a typed payload or nothing:
@@ -21,9 +21,9 @@ from pathlib import Path
 from agents.proposer import PastExperiment
 from results.metric import Metric
 from results.records import Experiment, Kind
+from scheduler.gpus import Gpu
+from scheduler.runs.executor import RunHandle
 
-from .executor import RunHandle
-from .gpus import Gpu
 from .noise import Measurements
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 from results.records import Experiment, Kind, Status
 from results.store import utcnow
+from scheduler.config import Config
+from scheduler.runs.executor import RunSpec, child_environment, slug, target_command
+from scheduler.runs.sandbox import Confinement
+from scheduler.runs.workspace import Workspace
 
 from . import events
-from .config import Config
 from .drafting import Drafting
-from .executor import RunSpec, child_environment, slug, target_command
 from .inbox import Inbox, RunEnded, RunProgressed
-from .sandbox import Confinement
 from .ledger import Ledger
 from .state import Lane, ResearchState, Running
-from .workspace import Workspace
 
 log = logging.getLogger("autoresearch.supervisor")
 

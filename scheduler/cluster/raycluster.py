@@ -10,7 +10,7 @@ back into the same parser, log file and events. Before the lanes start, every no
 for the data its runs read (and prepares it); each node samples its own GPUs; and the head's
 GCS is watched, so that a cluster that stops answering stops the proposing and, if it does not
 come back, ends the night with every result kept. The engine sees only the executor interface of
-scheduler/executor.py, the sampler's, and inbox messages.
+scheduler/runs/executor.py, the sampler's, and inbox messages.
 
 Imported only for --executor ray (ray is an optional extra: autoresearch-tui[ray])."""
 
@@ -42,12 +42,11 @@ from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,  # n
                                             PlacementGroupSchedulingStrategy)
 
 from results.records import Status  # noqa: E402
+from scheduler.gpus import Gpu  # noqa: E402
+from scheduler.runs.executor import Reach, RunResult, RunSpec, classify, run_settings, utcnow  # noqa: E402
+from scheduler.runs.runparse import Progress, RunParser  # noqa: E402
 
-from .executor import RunResult, RunSpec, classify, run_settings, utcnow  # noqa: E402
-from .gpus import Gpu  # noqa: E402
-from .inbox import Reach  # noqa: E402
 from .ray_node import LaneWorker, NodeData, NodeSampler, Shipment  # noqa: E402
-from .runparse import Progress, RunParser  # noqa: E402
 
 log = logging.getLogger("autoresearch.ray")
 
@@ -233,7 +232,7 @@ def _git(cwd: Path, *args: str) -> bytes:
 
 
 class RayExecutor:
-    """The executor interface (scheduler/executor.py) on the lanes' actors."""
+    """The executor interface (scheduler/runs/executor.py) on the lanes' actors."""
 
     def __init__(self, workers: list, command: str, described: list[dict]):
         self.workers, self.command = workers, command

@@ -13,9 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 from results.records import DecisionSource, Experiment, GpuSample
+from scheduler.runs.runparse import Progress
 
 from .noise import Rule, Ruling
-from .runparse import Progress
 from .state import LaneState
 
 
@@ -70,7 +70,7 @@ class Decided:
     reason: str
     delta: float | None = None  # reference - candidate, as scores (positive: the candidate is better)
     margin: float | None = None  # the improvement it needed to be kept
-    rule: Rule | None = None  # which rule decided (scheduler/noise.py)
+    rule: Rule | None = None  # which rule decided (scheduler/engine/noise.py)
     sigma: float | None = None  # the noise estimate the comparison used, and its degrees of freedom
     dof: int | None = None
 
