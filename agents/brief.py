@@ -48,7 +48,16 @@ class Brief:
         return self.prefix + self.rest
 
 
-def build(request: ProposalRequest, direction: str, memories: list[str], code: str, detail: Detail) -> Brief:
+def history_rows(detail: Detail) -> tuple[int, ...]:
+    """How many history rows a brief at `detail` may show, most first: a window that cannot hold
+    them all loses the oldest rows first, down to the next level's count, before it loses code."""
+    most = HISTORY_ROWS[detail]
+    fewest = HISTORY_ROWS[Detail(detail + 1)] if detail < Detail.MINIMAL else most
+    return tuple(dict.fromkeys((most, (most + fewest) // 2, fewest)))
+
+
+def build(request: ProposalRequest, direction: str, memories: list[str], code: str, detail: Detail,
+          rows: int | None = None) -> Brief:
     main = request.editable_files[0]
     metric = request.metric
     prefix = _code(main, code, detail)
@@ -56,8 +65,9 @@ def build(request: ProposalRequest, direction: str, memories: list[str], code: s
                 else "is being measured now")
     parts = [
         f"The frontier {measured}.",
-        f"Recent experiments, every lane's, oldest first (description | {metric.name} | status | decision):\n"
-        f"{history_table(request.history, HISTORY_ROWS[detail], metric)}",
+        f"Recent experiments, every lane's, oldest first (#number description | {metric.name} | status | "
+        f"decision and gain in noise sigmas | steps, tok/s, peak memory; read_run #number for the curve, diff, log):\n"
+        f"{history_table(request.history, HISTORY_ROWS[detail] if rows is None else rows, metric)}",
         f"Your research direction: {direction}",
     ]
     shown = memories[:MEMORIES[detail]]

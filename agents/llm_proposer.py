@@ -126,6 +126,7 @@ class LlmProposer:
         worker = Worker(self.client, tried=where_tried,
                         recall=(lambda q: context.recall(q, 5)) if context is not None else (lambda q: []),
                         remember=remember, transcripts=context.transcripts if context is not None else None,
+                        read_run=context.read_run if context is not None else (lambda experiment_id: None),
                         **({"max_turns": self.max_turns} if self.max_turns else {}))
         try:
             proposal = await worker.propose(request, Context(direction, memories))

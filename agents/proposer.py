@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from results.evidence import RunEvidence
 from results.metric import Metric
 from results.records import LlmCall
 
@@ -42,6 +43,12 @@ class PastExperiment:
     decision: str | None  # keep, discard, or None while undecided
     notes: dict = field(default_factory=dict)  # what its proposer recorded with it (Proposal.extra)
     parent: str | None = None  # the commit it was drafted on: a change tried there may be tried again elsewhere
+    # How the run went, for a row a researcher would read (read_run tells the rest).
+    experiment_id: int | None = None
+    steps: int | None = None
+    tok_per_s: float | None = None
+    peak_vram_mb: float | None = None
+    gain_sigma: float | None = None  # its measured gain over its reference, in noise sigmas, once judged
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ class ProposerContext:
     recall: Callable[[str, int], list[str]]  # (query, k) -> memory texts, best first
     remember: Callable[[str, tuple[str, ...], str, int | None], None]  # (text, tags, author, experiment_id)
     report_call: Callable[[LlmCall], None]  # every LLM call, for the llm_calls table and the header
+    # experiment id -> how that run went (results/evidence.py), or None for an unknown id
+    read_run: Callable[[int], RunEvidence | None] = lambda experiment_id: None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from results.evidence import RunEvidence
 from results.metric import Direction, Metric
 
 from .changes import normalized_change
@@ -40,11 +41,17 @@ TOOLS = [
                                 "(values are Python source).",
          {"type": "object", "properties": {"values": {"type": "object", "additionalProperties": {"type": "string"}}},
           "required": ["values"]}),
-    Tool("query_history", "The experiments of this research line so far, every lane's: description, "
-                          "the measured result, status and decision. Newest first.",
+    Tool("query_history", "The experiments of this research line so far, every lane's: number, description, "
+                          "the measured result, status, decision (with the gain in noise sigmas), steps, tok/s "
+                          "and peak memory. Newest first; read_run tells the rest of one.",
          {"type": "object", "properties": {"limit": {"type": "integer"},
                                            "status": {"type": "string", "description": "only this status (ok, crash, ...)"},
                                            "contains": {"type": "string", "description": "description contains"}}}),
+    Tool("read_run", "How one experiment's run went, by its number (#N in the history): steps, tokens, "
+                     "tok/s, MFU, peak VRAM, the result against its parent and the start, the gain in noise "
+                     "sigmas and the rule that judged it, its loss curve, its diff, and for a failed run the "
+                     "end of its log.",
+         {"type": "object", "properties": {"experiment_id": {"type": "integer"}}, "required": ["experiment_id"]}),
     Tool("recall", "Search the research memories (what earlier experiments taught) by keywords.",
          {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}),
     Tool("remember", "Write a short memory for later proposals (an insight, not a plan).",
@@ -76,6 +83,7 @@ class Toolbox:
     tried: Callable[[str], str | None]  # change key -> where it was tried, or None
     recall_memories: Callable[[str], list[str]] = lambda query: []
     remember_memory: Callable[[str, list[str]], None] = lambda text, tags: None
+    read_run: Callable[[int], RunEvidence | None] = lambda experiment_id: None
     originals: dict[str, str] = field(default_factory=dict)
     submission: Submission | None = None
     metric: Metric = field(default_factory=Metric)
@@ -150,6 +158,16 @@ class Toolbox:
             return "No experiments match."
         return "\n".join(_history_line(p, self.metric) for p in rows)
 
+    def _tool_read_run(self, experiment_id: int) -> str:
+        try:
+            number = int(str(experiment_id).lstrip("#"))
+        except ValueError:
+            raise EditError(f"experiment_id is a number (#N in the history), not {experiment_id!r}.") from None
+        evidence = self.read_run(number)
+        if evidence is None:
+            raise EditError(f"there is no experiment #{number} in this research line.")
+        return evidence.text()
+
     def _tool_recall(self, query: str) -> str:
         found = self.recall_memories(str(query))
         return "\n".join(f"- {m}" for m in found) if found else "No memory matches."
@@ -203,7 +221,14 @@ def improve(metric: Metric) -> str:
 def _history_line(p: PastExperiment, metric: Metric = Metric()) -> str:
     value = f"{p.val_bpb:.6f}" if p.val_bpb is not None else "-"
     decision = p.decision or "pending"
-    return f"{p.description} | {metric.name} {value} | {p.status} | {decision}"
+    if p.gain_sigma is not None:
+        decision += f" {p.gain_sigma:+.1f}σ"
+    run = ", ".join(part for part in (
+        f"{p.steps} steps" if p.steps is not None else "",
+        f"{p.tok_per_s / 1e3:,.0f}k tok/s" if p.tok_per_s else "",
+        f"{p.peak_vram_mb / 1024:.1f} GB" if p.peak_vram_mb else "") if part)
+    number = f"#{p.experiment_id} " if p.experiment_id is not None else ""
+    return f"{number}{p.description} | {metric.name} {value} | {p.status} | {decision}" + (f" | {run}" if run else "")
 
 
 def history_table(history: tuple[PastExperiment, ...], limit: int, metric: Metric = Metric()) -> str:

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from results.evidence import RunEvidence
+
 from . import brief as briefs
 from .brief import Brief, Detail
 from .llm import CallInfo, Client, ContextExceeded, Message
@@ -46,6 +48,8 @@ fixed: you may read it, never change it.
 - The budget is wall-clock time: a change that makes each step slower must earn it back.
 - Simpler is better at equal {metric}: removing code for the same result is a win.
 - Do not repeat an experiment that was already tried (the history lists them).
+- Read how earlier runs went (read_run: loss curve, throughput, memory, the diff, a crash's log) \
+before you choose; a change that slowed training or ran out of memory tells you as much as a win.
 - Use the tools to read and edit; when the edit is made, call submit with a one-line \
 description and your hypothesis. Your proposal ends there."""
 
@@ -68,8 +72,10 @@ class Context:
 class Worker:
     def __init__(self, client: Client, *, tried: Callable[[str], str | None],
                  recall: Callable[[str], list[str]], remember: Callable[[int, str, list[str]], None],
-                 transcripts: Path | None, max_turns: int = MAX_TURNS):
+                 transcripts: Path | None, max_turns: int = MAX_TURNS,
+                 read_run: Callable[[int], RunEvidence | None] = lambda experiment_id: None):
         self.client = client
+        self.read_run = read_run
         self.tried = tried
         self.recall = recall
         self.remember = remember
@@ -85,6 +91,7 @@ class Worker:
         box = Toolbox(request.worktree, request.editable_files, request.history, self.tried,
                       recall_memories=self.recall,
                       remember_memory=lambda text, tags: self.remember(request.lane, text, tags),
+                      read_run=self.read_run,
                       metric=request.metric, max_result_chars=max(2000, result_chars))
         system = SYSTEM.format(editable=", ".join(request.editable_files), goal=goal(request.metric),
                                metric=request.metric.name)
@@ -154,10 +161,10 @@ class Worker:
         """The most detailed brief, at `least` or shorter, that leaves room for the turns."""
         code = box.originals[request.editable_files[0]]
         window, cap = self.client.window().tokens, self.client.output_cap
-        for detail in Detail:
-            if detail < least:
-                continue
-            brief = briefs.build(request, context.direction, context.memories, code, detail)
+        # most detail first; within a level the oldest history rows go before the code view does
+        sizes = [(detail, rows) for detail in Detail if detail >= least for rows in briefs.history_rows(detail)]
+        for detail, rows in sizes:
+            brief = briefs.build(request, context.direction, context.memories, code, detail, rows)
             if briefs.fits(self.client.prompt_tokens(system, [Message("user", brief.text)], TOOLS), window, cap):
                 break
         if brief.detail is not Detail.FULL and least is Detail.FULL:

@@ -161,7 +161,7 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     try:
         announce: tuple[str, ...] = ()
         if config.serves_agents:
-            door, announce = _open_door(config, store, gpus, proposer, inbox, listeners)
+            door, announce = _open_door(config, store, workspace, gpus, proposer, inbox, listeners)
 
         def engine(events_sink):
             supervisor = Supervisor(config, store, workspace, gpus, proposer, events_sink, sandbox=sandbox,
@@ -241,7 +241,8 @@ def _nodes_ready(cluster, executor, workspace: Workspace, aloud: bool) -> None:
         log.info("%s: %s%s", on, node.detail, " (prepared there now)" if node.prepared else "")
 
 
-def _open_door(config: cfg.Config, store: Store, gpus, proposer, inbox: Inbox, listeners: list):
+def _open_door(config: cfg.Config, store: Store, workspace: Workspace, gpus, proposer, inbox: Inbox,
+               listeners: list):
     """The MCP server for external agents (external/), started before the engine so that its
     URL is in the started notice; its record of calls and its memories go to the engine's inbox."""
     from external.calls import CallLog
@@ -256,7 +257,8 @@ def _open_door(config: cfg.Config, store: Store, gpus, proposer, inbox: Inbox, l
     lab = Lab(view, proposer if isinstance(proposer, ExternalProposer) else None, config.target.editable,
               config.repo, recall=lambda query, k: [m.text for m in store.recall(query, k)],
               remember=lambda text, tags, author: inbox.put(MemoryToWrite(text, tags, author)),
-              record=CallLog(lambda calls: inbox.put(AgentCallsMade(calls))))
+              record=CallLog(lambda calls: inbox.put(AgentCallsMade(calls))),
+              read_run=lambda experiment_id: store.run_evidence(experiment_id, config.metric, workspace.diff))
     door = McpThread(lab, config.repo / ".autoresearch", host=config.mcp_host, port=config.mcp_port)
     try:
         door.start()

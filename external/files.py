@@ -20,7 +20,7 @@ SERVER_NAME = "autoresearch"
 DEFAULT_URL = "http://127.0.0.1:8765/mcp"  # with `--mcp-port 8765`, the port the README suggests
 URL_VARIABLE, TOKEN_VARIABLE = "AUTORESEARCH_MCP_URL", "AUTORESEARCH_MCP_TOKEN"
 WORKER_TOOLS = ("research_status", "claim_lane", "read_frontier", "submit_experiment", "wait_for_result",
-                "experiment_history", "remember", "recall", "release_lane")
+                "experiment_history", "read_run", "remember", "recall", "release_lane")
 
 
 class AgentFilesError(Exception):
@@ -41,7 +41,9 @@ LOOP = """\
 1. `claim_lane` gives you a lane: its worktree (an absolute path, checked out at the frontier), the
    files you may edit, the frontier commit and its {metric}. Nothing else in the worktree may change.
 2. Read the editable file (in the worktree, or with `read_frontier`), and `recall` what earlier
-   experiments taught. `experiment_history` shows what was tried and how it was judged.
+   experiments taught. `experiment_history` shows what was tried and how it was judged; `read_run`
+   shows how one run went (loss curve, tok/s, peak VRAM, the gain in noise sigmas, its diff, a
+   crash's log): read the near misses and the crashes before you choose.
 3. Make ONE focused change with a clear hypothesis: a hyperparameter, an architectural detail, an
    optimizer setting. Small and testable beats large and vague; the same diff is never run twice.
 4. `submit_experiment` with the lane, a one-line description and the hypothesis (or pass `patch`,

@@ -4,7 +4,7 @@ Streamable HTTP on 127.0.0.1 (the official `mcp` SDK under uvicorn, on a thread 
 a bearer token made per session, and the URL and token written to `.autoresearch/mcp.json`
 (mode 0600) for the agent files to point at. The tools' names are a contract (agent files and
 users' own prompts name them): research_status, claim_lane, read_frontier, submit_experiment,
-wait_for_result, experiment_history, remember, recall, release_lane.
+wait_for_result, experiment_history, read_run, remember, recall, release_lane.
 
 Nothing here writes the log or moves the research itself: proposals go through the lanes'
 proposal threads (lanes.py), memories and the record of every call through the engine's
@@ -30,6 +30,8 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+
+from results.evidence import RunEvidence
 
 from .calls import CallLog
 from .changes import Refused
@@ -61,6 +63,7 @@ class Lab:
     recall: Callable[[str, int], list[str]]
     remember: Callable[[str, tuple[str, ...], str], None]  # text, tags, author
     record: CallLog  # every call, as an events row: client, tool, detail, lane, experiment
+    read_run: Callable[[int], RunEvidence | None] = lambda experiment_id: None  # results/evidence.py
 
 
 def _client(ctx: Context) -> str:
@@ -182,6 +185,19 @@ def build(lab: Lab) -> MCPServer:
                    None)
         return {"experiments": lab.view.history(lane=lane, decision=decision, text=text,
                                                 limit=min(max(limit, 1), 200))}
+
+    @server.tool()
+    async def read_run(ctx: Context, experiment_id: int) -> dict:
+        """How one experiment's run went: steps, tokens, tok/s, MFU, peak VRAM, the metric against
+        its parent and the session's start, the gain in noise sigmas with the margin the rule asked
+        for, a compact loss curve, its diff against its parent, and for a failed run the end of its log."""
+        lab.record(_client(ctx), "read_run", {}, None, experiment_id)
+        if not lab.view.known(experiment_id):
+            raise ToolError(f"there is no experiment #{experiment_id} in this research line")
+        evidence = await anyio.to_thread.run_sync(lab.read_run, experiment_id)
+        if evidence is None:
+            raise ToolError(f"experiment #{experiment_id} is not in the log yet; try again in a moment")
+        return evidence.as_dict()
 
     @server.tool()
     async def remember(ctx: Context, text: str, tags: list[str] | None = None) -> dict:

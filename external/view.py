@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from results.evidence import tail, tokens_per_second
 from results.metric import Metric
 from results.records import Experiment, Kind, Status
 from scheduler.engine import events
@@ -36,6 +36,11 @@ class _Verdict:
     reason: str
     delta: float | None = None
     margin: float | None = None
+    sigma: float | None = None
+
+    @property
+    def gain_sigma(self) -> float | None:
+        return self.delta / self.sigma if self.delta is not None and self.sigma else None
 
 
 @dataclass
@@ -97,9 +102,9 @@ class LabView:
                     self._take(exp)
                     if n in s.lanes and s.lanes[n].running == exp.id:
                         s.lanes[n].running = None
-                case events.Decided(experiment_id=i, decision=d, reason=r, delta=delta, margin=margin):
+                case events.Decided(experiment_id=i, decision=d, reason=r, delta=delta, margin=margin, sigma=sigma):
                     if d in FINAL:
-                        s.verdicts[i] = _Verdict(d.value, r, delta, margin)
+                        s.verdicts[i] = _Verdict(d.value, r, delta, margin, sigma)
                 case events.FrontierAdvanced(commit=c, value=v):
                     s.frontier = c
                     s.frontier_value = v
@@ -216,7 +221,7 @@ class LabView:
                "margin": verdict.margin if verdict else None, "description": exp.description}
         if exp.status not in (Status.OK, Status.REJECTED):
             out["error"] = exp.error
-            out["log_tail"] = _tail(exp.log_path)
+            out["log_tail"] = tail(exp.log_path, LOG_TAIL_LINES)
         return out
 
     def history(self, *, lane: int | None = None, decision: str | None = None, text: str | None = None,
@@ -237,18 +242,10 @@ class LabView:
                              "status": exp.status.value, self.metric.name: self.metric.value(exp),
                              "decision": verdict.decision if verdict else None,
                              "reason": verdict.reason if verdict else None,
+                             "gain_sigma": verdict.gain_sigma if verdict else None,
+                             "steps": exp.summary.get("num_steps"), "tok_per_s": tokens_per_second(exp.summary),
+                             "peak_vram_mb": exp.summary.get("peak_vram_mb"),
                              "parent": exp.parent_commit, "commit": exp.commit})
                 if len(rows) >= limit:
                     break
             return rows
-
-
-def _tail(path: str | None) -> list[str]:
-    if not path:
-        return []
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return []
-    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    return lines[-LOG_TAIL_LINES:]

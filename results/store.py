@@ -22,12 +22,15 @@ import weakref
 from dataclasses import astuple, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import pyarrow as pa
 
 from . import queries
+from .evidence import RunEvidence, run_evidence
 from .memory_index import index_terms
+from .metric import Metric
 from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory, NoiseRow, SpendingRow,
                       MetricPoint, Run, SUMMARY_COLUMNS)
 from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
@@ -324,6 +327,13 @@ class Store:
     def experiments(self, run_id: str | None = None, tag: str | None = None) -> list[Experiment]:
         with self._lock:
             return queries.experiments(self.con, run_id, tag)
+
+    def run_evidence(self, experiment_id: int, metric: Metric,
+                     diff: Callable[[str, str], str] | None = None) -> RunEvidence | None:
+        """How one run went (results/evidence.py), its progress lines written first."""
+        with self._lock:
+            self.flush()
+            return run_evidence(self.con, experiment_id, metric, diff)
 
     def run_ids(self, tag: str) -> list[str]:
         """The supervisor sessions of a research tag, oldest first."""

@@ -117,8 +117,13 @@ def _trainer_draft(tmp_path) -> ProposalRequest:
     repo = make_repo(tmp_path / "repo")
     shutil.copy(ROOT / "trainer" / "train.py", repo / "train.py")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "the real trainer")
-    history = (PastExperiment("MATRIX_LR 0.04 -> 0.05", "- MATRIX_LR = 0.04\n+ MATRIX_LR = 0.05", 1.2, "ok",
-                              "discard"),)
+    # a night's worth of history, each row as rich as the ledger makes it (steps, tok/s, memory, sigmas):
+    # the window drops the oldest rows before it drops the outline
+    history = tuple(PastExperiment(f"MATRIX_LR 0.04 -> 0.{40 + i:03d} with a longer warmup and a note", f"change {i}",
+                                   1.2 - i / 1000, "ok" if i % 5 else "crash", ("keep", "discard")[i % 2],
+                                   experiment_id=100 + i, steps=953 + i, tok_per_s=1_534_000.0 + i,
+                                   peak_vram_mb=58_760.0, gain_sigma=(-1) ** i * 2.5)
+                    for i in range(40))
     return ProposalRequest(lane=0, worktree=repo, parent_commit=git(repo, "rev-parse", "HEAD"),
                            editable_files=("train.py",), history=history, frontier_val_bpb=1.1)
 
@@ -182,6 +187,7 @@ def test_the_brief_on_the_real_trainer_fits_the_servers_window(llama, no_key, tm
     assert "in outline" in first
     assert next(line for line in code.splitlines() if line.startswith("MATRIX_LR = ")) in first
     assert "\tdef main" in first
+    assert "#139 MATRIX_LR" in first and "| discard -2.5σ | 992 steps, 1,534k tok/s, 57.4 GB" in first
     deep = _deep_lines(code)
     assert deep and not any(line in first for line in deep)
     # SmolLM2 writes prose: nudged twice, then the proposal ends, and the log says so

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Callable
 
 from agents.proposer import PastExperiment
+from results.evidence import tokens_per_second
 from results.records import Decision, DecisionSource, Event as StoredEvent, Experiment, Kind, Status
 from results.store import Store, utcnow
 
@@ -86,7 +87,10 @@ class Ledger:
         if exp.kind is Kind.PROPOSAL and exp.status.finished:
             state.history.append(PastExperiment(exp.description, exp.change, value, exp.status.value,
                                                 exp.decision.value if exp.decision else None, dict(exp.notes),
-                                                exp.parent_commit))
+                                                exp.parent_commit, experiment_id=exp.id,
+                                                steps=exp.summary.get("num_steps"),
+                                                tok_per_s=tokens_per_second(exp.summary),
+                                                peak_vram_mb=exp.summary.get("peak_vram_mb")))
 
     def decide(self, exp: Experiment, decision: Decision, source: DecisionSource, reason: str, by: str = "",
                rule: Rule | None = None, verdict: Verdict | None = None) -> Experiment:
@@ -101,7 +105,7 @@ class Ledger:
         history = self.state.history
         for i, past in enumerate(history):  # proposers learn from decisions, not just results
             if past.change is not None and past.change == exp.change and past.decision is None:
-                history[i] = replace(past, decision=decision.value)
+                history[i] = replace(past, decision=decision.value, gain_sigma=gain_in_sigma(verdict))
         self._observe(exp)
         return exp
 
@@ -164,3 +168,11 @@ def judgement(rule: Rule | None, verdict: Verdict | None) -> dict:
         if verdict.noise is not None:
             detail.update(sigma=verdict.noise.sigma, dof=verdict.noise.dof, sigma_used=verdict.noise.used)
     return detail
+
+
+def gain_in_sigma(verdict: Verdict | None) -> float | None:
+    """A judged run's gain over its reference in units of the pooled noise estimate (sigma)."""
+    noise = verdict.noise if verdict is not None else None
+    sigma = noise.sigma if noise is not None else None
+    return verdict.delta / sigma if verdict is not None and verdict.delta is not None and sigma else None
+

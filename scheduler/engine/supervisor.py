@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import Callable
 
 from agents.proposer import Proposer, ProposerContext
+from results.evidence import RunEvidence
 from results.records import DecisionSource, Event as StoredEvent, Experiment, Kind, MetricPoint, Run, Status
 from results.store import Store, utcnow
 from scheduler.config import Config
@@ -106,7 +107,12 @@ class Supervisor:
                 recall=lambda query, k: [m.text for m in store.recall(query, k)],
                 remember=lambda text, tags, author, experiment_id: self.inbox.put(
                     MemoryToWrite(text, tuple(tags), author, experiment_id)),
-                report_call=lambda call: self.inbox.put(LlmCallEnded(call))))
+                report_call=lambda call: self.inbox.put(LlmCallEnded(call)), read_run=self.read_run))
+
+    def read_run(self, experiment_id: int) -> RunEvidence | None:
+        """How one run went, for a proposer's `read_run` (safe from any thread: the store and
+        the workspace hold their own locks)."""
+        return self.store.run_evidence(experiment_id, self.config.metric, self.ws.diff)
 
     @property
     def run_id(self) -> str:

@@ -171,6 +171,10 @@ class Workspace:
         sha = self._git("rev-parse", "HEAD", cwd=path).strip()
         return Draft(commit=sha, parent=parent, touched=touched)
 
+    def diff(self, parent: str, sha: str) -> str:
+        """What commit `sha` changed against `parent`, as a unified diff (for the run's evidence)."""
+        return self._git("diff", "--no-color", "--no-ext-diff", parent, sha)
+
     def touched(self, parent: str, sha: str) -> list[str]:
         return [p for p in self._git("diff", "--name-only", "--no-renames", parent, sha).splitlines() if p]
 
