@@ -70,6 +70,8 @@ def build(request: ProposalRequest, direction: str, memories: list[str], code: s
         f"{history_table(request.history, HISTORY_ROWS[detail] if rows is None else rows, metric)}",
         f"Your research direction: {direction}",
     ]
+    if request.plateau is not None:  # after the history, before the direction is acted on
+        parts.insert(2, request.plateau.text())
     shown = memories[:MEMORIES[detail]]
     if shown:
         parts.append("What earlier experiments taught (memories):\n" + "\n".join(f"- {m}" for m in shown))

@@ -52,6 +52,21 @@ class PastExperiment:
 
 
 @dataclass(frozen=True)
+class PlateauNote:
+    """The line has plateaued: this many judged experiments in a row without a keep."""
+
+    misses: int
+    since: int | None  # the experiment they run from (the last keep, or the start)
+
+    def text(self) -> str:
+        since = f"#{self.since}" if self.since is not None else "the start"
+        return (f"The line has plateaued: {self.misses} experiments in a row without a keep since {since}. "
+                f"More variations of what was tried will not move it: choose a different direction (another "
+                f"part of the model, the optimizer, the schedule, the batch), a bolder change, or a "
+                f"simplification that buys speed.")
+
+
+@dataclass(frozen=True)
 class ProposalRequest:
     lane: int
     worktree: Path  # clean, checked out at parent_commit; edit files here
@@ -61,6 +76,7 @@ class ProposalRequest:
     frontier_val_bpb: float | None = None  # the parent's measured metric on this lane's GPU model
     attempt: int = 0  # how many proposals this lane has asked for before; varies the choice
     metric: Metric = field(default_factory=Metric)  # what the experiments are judged by, and which way is better
+    plateau: PlateauNote | None = None  # set once the line has gone --plateau experiments without a keep
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, metavar="SECONDS", help="training seconds per experiment "
                         "(default: the trainer's own, 300 on a GPU)")
     parser.add_argument("--max-experiments", type=int, metavar="N", help="stop after starting N runs")
+    parser.add_argument("--plateau", type=int, metavar="N",
+                        help="after N judged experiments without a keep, warn and ask the proposers for another "
+                             "direction; after N more, end the night (default 30; 0: never)")
+    parser.add_argument("--notify", action="append", metavar="URL",
+                        help="POST each keep, plateau, lost lane, spending limit and the night's end to URL as "
+                             "JSON (repeatable; slack:URL for a Slack webhook, ntfy:URL for an ntfy topic)")
     parser.add_argument("--tag", help="the research line: branch autoresearch/TAG (default: today, e.g. nov20); "
                         "the same tag again resumes it")
     parser.add_argument("--repo", type=Path, help="the repository to research on (default: here)")

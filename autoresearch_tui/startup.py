@@ -30,10 +30,11 @@ from scheduler.runs.workspace import Workspace, WorkspaceError
 from .demo import DEMO_KNOBS, DemoError, demo_config, prepare_data
 from .headless import JsonLinesPrinter
 from .lock import AlreadyRunning, SupervisorLock
+from .notify import Destination, Notifier, NotifyError
 
 log = logging.getLogger("autoresearch")
 
-_FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "tag", "db", "review", "noise_floor",
+_FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "plateau", "notify", "tag", "db", "review", "noise_floor",
                "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed", "sandbox", "sandbox_read",
                "mcp", "mcp_port", "mcp_host", "claim_seconds", "executor", "ray_address")
 
@@ -114,12 +115,13 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     try:
         config = _config(args)
         _purse(config)  # before anything is written: a limit that cannot be kept is bad input
+        destinations = [Destination.parse(url) for url in config.notify]
         repo = (config.repo or Path(".")).resolve()
         if config.demo:
             prepare_data(repo)
         config = replace(config, repo=repo)
         store = Store(config.db_path)
-    except (cfg.ConfigError, DemoError, StoreError, UsageError) as e:
+    except (cfg.ConfigError, DemoError, StoreError, UsageError, NotifyError) as e:
         return _usage(e)
     try:
         if not config.tag:
@@ -156,6 +158,10 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
             return _usage(e)
     printer = JsonLinesPrinter(sys.stdout if config.no_ui else None, config.metric)
     listeners: list = []  # sinks that join once the engine exists (the external agents' view)
+    notifier = Notifier(destinations, config.tag, config.metric, tuple(keys.values())) if destinations else None
+    if notifier is not None:
+        log.info("notifications: %s", ", ".join(f"{d.style.value} to {d.shown}" for d in destinations))
+        printer = _both(printer, notifier)  # it only queues: delivery is on its own threads
     sink = _both(printer, lambda event: [listener(event) for listener in listeners])
     inbox, door = Inbox(), None
     try:
@@ -194,6 +200,8 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
         log.exception("the supervisor failed")
         return 1
     finally:
+        if notifier is not None:  # the end of the night goes out before the process does
+            notifier.close()
         if door is not None:
             door.stop()
         if cluster is not None:

@@ -40,6 +40,7 @@ def _tool(name: str) -> str:
 LOOP = """\
 1. `claim_lane` gives you a lane: its worktree (an absolute path, checked out at the frontier), the
    files you may edit, the frontier commit and its {metric}. Nothing else in the worktree may change.
+   A `plateau` note in it means the line has gone long without a keep: change direction.
 2. Read the editable file (in the worktree, or with `read_frontier`), and `recall` what earlier
    experiments taught. `experiment_history` shows what was tried and how it was judged; `read_run`
    shows how one run went (loss curve, tok/s, peak VRAM, the gain in noise sigmas, its diff, a

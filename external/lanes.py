@@ -45,6 +45,7 @@ class Claim:
     frontier_value: float | None
     metric: str
     expires_in_s: float
+    plateau: str | None = None  # the brief's plateau text, once the line went --plateau without a keep
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class ExternalProposer:
                     opening.claimed_by, opening.claimed_at = client, self._clock()
                     r = opening.request
                     return Claim(r.lane, r.worktree, r.editable_files, r.parent_commit, r.frontier_val_bpb,
-                                 r.metric.name, self.claim_timeout_s)
+                                 r.metric.name, self.claim_timeout_s,
+                                 r.plateau.text() if r.plateau is not None else None)
                 left = deadline - self._clock()
                 if left <= 0:
                     held = sum(o.claimed_by is not None for o in self._open.values())

@@ -96,7 +96,8 @@ def build(lab: Lab) -> MCPServer:
     async def claim_lane(ctx: Context, wait_s: float = 20.0) -> dict:
         """Reserve a lane's draft worktree, checked out at the frontier, for your next change.
         Returns the lane, the worktree's absolute path, the editable files, the frontier commit
-        and its metric. Waits up to wait_s seconds for a lane to become free. Submit within
+        and its metric, and once the line has gone long without a keep a `plateau` note asking
+        for a different direction. Waits up to wait_s seconds for a lane to become free. Submit within
         expires_in_s seconds or the lane is released and your edits undone."""
         client = _client(ctx)
         if lab.proposer is None:
@@ -110,7 +111,7 @@ def build(lab: Lab) -> MCPServer:
         lab.record(client, "claim_lane", {}, claim.lane, None)
         return {"lane": claim.lane, "worktree": str(claim.worktree), "editable_files": list(claim.editable_files),
                 "frontier_commit": claim.frontier_commit, claim.metric: claim.frontier_value,
-                "expires_in_s": claim.expires_in_s}
+                "expires_in_s": claim.expires_in_s, **({"plateau": claim.plateau} if claim.plateau else {})}
 
     @server.tool()
     async def read_frontier(ctx: Context, path: str, start_line: int = 1, end_line: int | None = None) -> dict:

@@ -10,6 +10,8 @@ Example `autoresearch.toml` (every key optional):
     max_cost = 20.0           # US dollars of LLM calls this session may spend
     budget = 300              # training seconds per experiment
     max_experiments = 100
+    plateau = 30              # warn after this many judged experiments without a keep, end after twice; 0: off
+    notify = ["https://ntfy.sh/my-lab", "slack:https://hooks.slack.com/services/..."]
     review = false
     noise_floor = 0.001       # the least val_bpb improvement ever kept
     baseline_runs = 8         # runs of the starting point per GPU model (default: 2 per lane, at least 4)
@@ -59,6 +61,12 @@ class Config:
     max_cost: float | None = None  # US dollars this session may spend on LLM calls; None: no limit
     budget: float | None = None  # None: the trainer's own (300 s for the full profile)
     max_experiments: int | None = None
+    # Judged experiments without a keep before the plateau warning; the night ends at twice this
+    # (scheduler/engine/plateau.py); 0: off. A line still finding something keeps one change in
+    # five to ten: thirty misses in a row befall a line keeping one in ten by bad luck 4% of the
+    # time (0.9**30), sixty 0.2%. On one GPU with 5-minute runs thirty are two and a half hours.
+    plateau: int = 30
+    notify: tuple[str, ...] = ()  # where a keep, a plateau, a lost lane, a limit, the end are POSTed
     db: Path | None = None  # default <repo>/.autoresearch/results.duckdb
     review: bool = False
     resume: bool = False
@@ -181,6 +189,8 @@ def validate(config: Config) -> Config:
                                               not isinstance(config.context_tokens, int) or config.context_tokens < 1024):
         raise ConfigError(f"context_tokens must be a whole number of at least 1024, not {config.context_tokens!r}.")
     positive("max_experiments", config.max_experiments)
+    if isinstance(config.plateau, bool) or not isinstance(config.plateau, int) or config.plateau < 0:
+        raise ConfigError(f"plateau must be a whole number of experiments (0 to turn it off), not {config.plateau!r}.")
     positive("hung_seconds", config.hung_seconds, False)
     positive("timeout_seconds", config.timeout_seconds)
     positive("kill_grace_seconds", config.kill_grace_seconds, False)
@@ -225,4 +235,6 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"mcp_host must be a host name or address, not {config.mcp_host!r}.")
     if config.max_experiments is not None:
         config = replace(config, max_experiments=int(config.max_experiments))
-    return replace(config, sandbox_read=tuple(config.sandbox_read))
+    if isinstance(config.notify, str) or not all(isinstance(url, str) and url for url in config.notify):
+        raise ConfigError("notify must be a list of URLs.")
+    return replace(config, sandbox_read=tuple(config.sandbox_read), notify=tuple(config.notify))

@@ -29,6 +29,7 @@ DEFAULT_EXCLUDE = (
 # Once near misses can be paired, how often a proposal is a pair rather than a single change:
 # pairs stack what was measured, singles keep exploring what was not.
 PAIR_CHANCE = 0.5
+PLATEAU_PAIR_CHANCE = 0.8  # a plateaued line: what each near miss gave alone is not moving it
 PAIR_HYPOTHESIS = "two changes that each measured better than the frontier, inside noise, stack"
 
 # (name, direction) -> why the change might lower val_bpb; direction +1 raises the value.
@@ -152,11 +153,15 @@ class OfflineMutator:
            PAIR_CHANCE, tossed after the draw so that a line's proposals stay what they were
            until it has near misses; the best pair is made, one whose constants are not in
            flight first. With no single change left open, pairs only.
+
+        On a plateau (`request.plateau`) it widens: bolder moves (steps.WIDE) come first, and a
+        pair replaces the draw with chance PLATEAU_PAIR_CHANCE.
         """
         relative, source, knobs = self._target(request)
         lengths = context_lengths(request.worktree, [source])
         candidates = [c for name, knob in knobs.items() if self._wanted(name)
-                      for c in changes_for(knob) if batches_still_divide(c, knobs, lengths)]
+                      for c in changes_for(knob, wide=request.plateau is not None)
+                      if batches_still_divide(c, knobs, lengths)]
         kept = kept_directions(request.history)
         rng = self._stream(request, source)
         here = request.parent_commit
@@ -174,7 +179,8 @@ class OfflineMutator:
                     raise ProposalError(f"every change the offline mutator knows for {relative} "
                                         f"at {here[:12]} has been tried", exhausted=True)
                 proposed = search.draw(rng, offers, busy, elsewhere, kept) if offers else None
-                if pairs and (proposed is None or rng.random() < PAIR_CHANCE):
+                chance = PAIR_CHANCE if request.plateau is None else PLATEAU_PAIR_CHANCE
+                if pairs and (proposed is None or rng.random() < chance):
                     proposed = pairs[0]
                 edited = apply_all(source, proposed)
                 # Recorded before the check: an edit that does not read back is dropped for

@@ -18,6 +18,11 @@ FACTORS = (0.5, 0.7, 0.85, 1.2, 1.4, 2.0)
 # looking closer instead of running dry.
 LEVELS = (FACTORS, (0.9, 1.1), (0.95, 1.05), (0.975, 1.025))
 INT_STEPS = (-2, -1, 1, 2)
+# On a plateau (ProposalRequest.plateau) the search widens: bolder moves than any level's,
+# offered before the rest (level WIDE), since the small ones around the frontier stopped paying.
+WIDE = -1
+WIDE_FACTORS = (0.25, 4.0)
+WIDE_INT_STEPS = (-4, -3, 3, 4)
 SMALL_INT = 16  # below this an int moves by steps; above, by the float factors
 FROM_ZERO = (0.01, 0.1, 1.0)  # a float at 0.0 has no scale to multiply: try absolute values
 FROM_ZERO_FRACTION = (0.02, 0.05, 0.1)
@@ -34,7 +39,7 @@ class Change:
     texts: tuple[str, ...]
     how: str  # "x1.4", "+1", "/2", "from 0", ...
     direction: int  # +1 raises the value, -1 lowers it, 0 for patterns
-    level: int = 0  # index into LEVELS; moves that are not multiplicative have only level 0
+    level: int = 0  # index into LEVELS (WIDE: a plateau's bolder move); moves not multiplicative have level 0
 
     @property
     def key(self) -> str:
@@ -106,33 +111,37 @@ def _fraction_move(value: float, factor: float) -> float | None:
 Move = tuple[int, str, int, Callable]  # (level, how, direction, value -> new value or None)
 
 
-def _scaled(how: str, move: Callable) -> list[Move]:
+def _scaled(how: str, move: Callable, wide: bool) -> list[Move]:
     """`move(value, factor)` at every factor of every level, named `how` and the factor."""
+    levels = ([(WIDE, WIDE_FACTORS)] if wide else []) + list(enumerate(LEVELS))
     return [(level, f"{how}{f:g}", 1 if f > 1 else -1, lambda v, f=f: move(v, f))
-            for level, factors in enumerate(LEVELS) for f in factors]
+            for level, factors in levels for f in factors]
 
 
-def _moves(knob: Knob) -> list[Move]:
-    """Every move this knob allows, coarsest level first; one move applies to every
-    profile's entry alike."""
+def _moves(knob: Knob, wide: bool = False) -> list[Move]:
+    """Every move this knob allows, coarsest level first (`wide`: a plateau's bolder ones
+    before them); one move applies to every profile's entry alike."""
     values = knob.values
     if all(isinstance(v, int) for v in values):
         if all(_is_power_of_two(v) for v in values) and not matches(knob.name, STEPPED_NAMES):
             halves = [(0, "/2", -1, lambda v: v // 2)] if min(values) >= 2 else []
-            return [(0, "x2", 1, lambda v: v * 2)] + halves
+            bold = ([(WIDE, "x4", 1, lambda v: v * 4)] + ([(WIDE, "/4", -1, lambda v: v // 4)] if min(values) >= 4
+                                                           else [])) if wide else []
+            return bold + [(0, "x2", 1, lambda v: v * 2)] + halves
         if max(values) < SMALL_INT:
             floor = 1 if min(values) >= 1 else 0
-            return [(0, f"{s:+d}", 1 if s > 0 else -1, lambda v, s=s: v + s if v + s >= floor else None)
-                    for s in INT_STEPS]
-        return _scaled("x", lambda v, f: max(1, int(_round3(v * f))))
+            steps = [(WIDE, s) for s in WIDE_INT_STEPS] * wide + [(0, s) for s in INT_STEPS]
+            return [(level, f"{s:+d}", 1 if s > 0 else -1, lambda v, s=s: v + s if v + s >= floor else None)
+                    for level, s in steps]
+        return _scaled("x", lambda v, f: max(1, int(_round3(v * f))), wide)
     fraction = matches(knob.name, [f"*{h}*" for h in FRACTION_HINTS]) and all(0 <= v <= 1 for v in values)
     if all(v == 0 for v in values):
         return [(0, "from 0", 1, lambda v, a=a: a) for a in (FROM_ZERO_FRACTION if fraction else FROM_ZERO)]
     if fraction:
         if all(v == 1 for v in values):
             return [(0, "from 1", -1, lambda v, a=a: 1 - a) for a in FROM_ZERO_FRACTION]
-        return _scaled("x" if max(values) <= 0.5 else "gap to 1 /", _fraction_move)
-    return _scaled("x", lambda v, f: _round3(v * f))
+        return _scaled("x" if max(values) <= 0.5 else "gap to 1 /", _fraction_move, wide)
+    return _scaled("x", lambda v, f: _round3(v * f), wide)
 
 
 def _pattern_variants(pattern: str) -> list[str]:
@@ -144,14 +153,15 @@ def _pattern_variants(pattern: str) -> list[str]:
     return list(variants)
 
 
-def changes_for(knob: Knob) -> list[Change]:
-    """Every one-step change of this knob at every level, coarsest first, in a fixed order."""
+def changes_for(knob: Knob, wide: bool = False) -> list[Change]:
+    """Every one-step change of this knob at every level, coarsest first, in a fixed order
+    (`wide`: with a plateau's bolder moves first)."""
     if isinstance(knob.values[0], str):
         old = knob.values[0]
         return [Change(knob, (new,), (knob.texts[0].replace(old, new, 1),), "", 0)
                 for new in _pattern_variants(old)]
     changes: dict[str, Change] = {}
-    for level, how, direction, move in _moves(knob):
+    for level, how, direction, move in _moves(knob, wide):
         new = [move(v) for v in knob.values]
         if any(n is None or n == v for n, v in zip(new, knob.values)):
             continue  # every profile moves, or the move is not made at all

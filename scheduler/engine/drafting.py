@@ -11,7 +11,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
-from agents.proposer import Outcome, ProposalError, ProposalRequest, Proposer
+from agents.proposer import Outcome, PlateauNote, ProposalError, ProposalRequest, Proposer
 from results.records import Experiment, Kind, LlmCall, Status
 from results.store import utcnow
 from scheduler.config import Config
@@ -41,18 +41,22 @@ class Drafting:
     def draft(self, lane: Lane) -> None:
         state = self.state
         if (lane.next is not None or lane.exhausted or lane.lost or state.quitting
-                or time.monotonic() < lane.retry_at or state.out_of_budget or self._budget_spoken_for()):
+                or time.monotonic() < lane.retry_at or state.winding_down or self._budget_spoken_for()):
             return
         request = ProposalRequest(lane=lane.index, worktree=lane.draft_dir, parent_commit=state.frontier,
                                   editable_files=self.config.target.editable, history=tuple(state.history),
                                   frontier_val_bpb=self._frontier_value(lane.model), attempt=lane.attempts,
-                                  metric=state.metric)
+                                  metric=state.metric, plateau=self._plateau())
         lane.attempts += 1
         future = self.pool.submit(self._make_proposal, request)
         lane.next = DraftingSlot(future)
         future.add_done_callback(lambda f, n=lane.index: self.inbox.put(ProposalDrafted(n, f)))
         if lane.run is None:
             self.ledger.lane_changed(lane)
+
+    def _plateau(self) -> PlateauNote | None:
+        plateau = self.state.plateau
+        return PlateauNote(plateau.misses, plateau.since) if plateau.told else None
 
     def _frontier_value(self, model: str) -> float | None:
         score = self.state.reference(self.state.frontier, model)
@@ -136,7 +140,8 @@ class Drafting:
             said = message if ended else f"lane {lane.index}: {self.proposer.name} can make no proposal"
             if first:  # a lane whose proposal was under way may fail the same way: said once
                 self.ledger.notice(events.Level.WARNING, f"{said}: the lanes stop proposing; the runs under way "
-                                                         f"finish and are judged", lane.index)
+                                                         f"finish and are judged", lane.index,
+                                   topic=events.Topic.SPENDING_LIMIT if ended else None)
         elif transient:  # throttling or an outage: the lane waits, and says why, but never gives up
             self.ledger.notice(events.Level.WARNING, f"lane {lane.index}: no proposal ({message}); asking again "
                                                      f"in {wait:.0f} s", lane.index)

@@ -106,6 +106,15 @@ class GpuSampled:
     sample: GpuSample
 
 
+class Topic(enum.StrEnum):
+    """What a notice is about, where someone away from the screen should hear of it
+    (notifications pick notices by topic, never by their text)."""
+
+    PLATEAU = "plateau"  # the line went --plateau experiments without a keep (or ends for it)
+    LANE_LOST = "lane_lost"  # a GPU or its node is gone
+    SPENDING_LIMIT = "spending_limit"  # --max-cost reached: the lanes stop proposing
+
+
 @dataclass(frozen=True)
 class Notice:
     """Something a person should read: a warning, an error of ours, a lost GPU."""
@@ -113,9 +122,12 @@ class Notice:
     level: Level
     message: str
     lane: int | None = None
+    topic: Topic | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level", Level(self.level))  # "error" from a caller becomes Level.ERROR
+        if self.topic is not None:
+            object.__setattr__(self, "topic", Topic(self.topic))
 
 
 @dataclass(frozen=True)

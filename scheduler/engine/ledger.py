@@ -23,13 +23,13 @@ log = logging.getLogger("autoresearch.supervisor")
 
 class Ledger:
     def __init__(self, state: ResearchState, store: Store, branch: str, keep_commit: Callable[[int, str], None],
-                 sink: Callable[[events.Event], None], observe: Callable[[Experiment], None],
+                 sink: Callable[[events.Event], None], observe: Callable[[Experiment, Rule | None], None],
                  policy: Policy | GreedyPolicy, drafting_detail: str = ""):
         self.state, self.store, self.branch, self.policy = state, store, branch, policy
         self.drafting_detail = drafting_detail  # what a proposing lane says: "waiting for an agent" for external ones
         self.keep_commit = keep_commit  # (id, commit): a ref per experiment, so git never collects its commit
         self._sink = sink
-        self._observe = observe  # a proposer that learns is told of every decision
+        self._observe = observe  # told of every decision: a proposer that learns, the plateau count
         self._deferred: list[tuple[Callable, tuple]] = []
         self._noise: dict[str, Noise] = {}  # the last estimate told, per GPU model
 
@@ -41,10 +41,12 @@ class Ledger:
         except Exception:  # noqa: BLE001 - a broken consumer must not stop the research
             log.exception("event consumer failed on %s", events.event_name(event))
 
-    def notice(self, level: events.Level, message: str, lane: int | None = None) -> None:
-        self.emit(events.Notice(level, message, lane))
+    def notice(self, level: events.Level, message: str, lane: int | None = None,
+               topic: events.Topic | None = None) -> None:
+        self.emit(events.Notice(level, message, lane, topic))
         self.later(self.store.add_event, StoredEvent(utcnow(), self.state.run_id, f"notice:{level.value}", lane=lane,
-                                                     detail={"message": message}))
+                                                     detail={"message": message,
+                                                             **({"topic": topic.value} if topic else {})}))
 
     def lane_changed(self, lane: Lane, detail: str = "") -> None:
         if not detail and lane.state is LaneState.PROPOSING:
@@ -106,7 +108,7 @@ class Ledger:
         for i, past in enumerate(history):  # proposers learn from decisions, not just results
             if past.change is not None and past.change == exp.change and past.decision is None:
                 history[i] = replace(past, decision=decision.value, gain_sigma=gain_in_sigma(verdict))
-        self._observe(exp)
+        self._observe(exp, rule)
         return exp
 
     def confirm(self, experiment_id: int, rule: Rule, reason: str, verdict: Verdict | None) -> None:

@@ -25,6 +25,7 @@ from scheduler.gpus import Gpu
 from scheduler.runs.executor import RunHandle
 
 from .noise import Measurements
+from .plateau import Plateau
 
 
 class LaneState(enum.StrEnum):
@@ -167,11 +168,18 @@ class ResearchState:
     proposals_ended: str | None = None  # why the proposer makes no more proposals (a spending limit)
     proposals_failed: str | None = None  # why it cannot make any (a model that never calls a tool)
     run_seconds: float | None = None  # the longest a run of the starting point took, start to end
+    plateau: Plateau = field(default_factory=lambda: Plateau(0))  # judged in a row without a keep
     exit_reason: str = ""
 
     @property
     def out_of_budget(self) -> bool:
         return self.max_experiments is not None and self.started >= self.max_experiments
+
+    @property
+    def winding_down(self) -> bool:
+        """No new proposal runs or is drafted; only the runs that judge results already in hand:
+        --max-experiments reached, or the line ended on a plateau."""
+        return self.out_of_budget or self.plateau.ended
 
     def reference(self, commit: str | None, model: str | None) -> float | None:
         """A commit's mean score on a GPU model, lower is better; None if never measured."""

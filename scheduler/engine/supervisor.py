@@ -30,7 +30,7 @@ from typing import Callable
 
 from agents.proposer import Proposer, ProposerContext
 from results.evidence import RunEvidence
-from results.records import DecisionSource, Event as StoredEvent, Experiment, Kind, MetricPoint, Run, Status
+from results.records import Decision, DecisionSource, Event as StoredEvent, Experiment, Kind, MetricPoint, Run, Status
 from results.store import Store, utcnow
 from scheduler.config import Config
 from scheduler.gpus import Gpu, TelemetrySampler
@@ -46,8 +46,9 @@ from .inbox import (AgentCallsMade, ClusterReach, CommandGiven, GpuLost, GpuSamp
 from .judge import Action, Confirm, Decide, FrontierFailed, Judge, Promote, Queue
 from .launching import Launcher
 from .ledger import Ledger
-from .noise import GreedyPolicy, Policy
+from .noise import GreedyPolicy, Policy, Rule
 from .overrides import Overrides
+from .plateau import Plateau, Step
 from .promotion import Promotion
 from .state import Lane, Quitting, Ready, ResearchState
 
@@ -75,10 +76,10 @@ class Supervisor:
         lanes = [Lane(g, workspace.worktree(f"lane-{g.lane}"), workspace.worktree(f"lane-{g.lane}-draft")) for g in gpus]
         self.state = ResearchState(run_id=run_id, frontier=frontier, lanes=lanes,
                                    metric=config.metric,
-                                   max_experiments=config.max_experiments)
+                                   max_experiments=config.max_experiments, plateau=Plateau(config.plateau))
         self.judge = Judge(policy_for(config))
         self.ledger = Ledger(self.state, store, workspace.branch, workspace.keep_commit, sink,
-                             observe=lambda exp: self.drafting.observe(exp), policy=self.judge.policy,
+                             observe=self._decided, policy=self.judge.policy,
                              drafting_detail=getattr(proposer, "drafting_detail", ""))
         self.promotion = Promotion(self.state, workspace, self.ledger, self.judge)
         self.drafting = Drafting(self.state, config, workspace, proposer, self.inbox, self.ledger)
@@ -219,6 +220,9 @@ class Supervisor:
             if (exp.kind in (Kind.PROPOSAL, Kind.VERIFICATION) and exp.parent_commit
                     and exp.decision_source is DecisionSource.AUTO and exp.status is Status.OK):
                 state.judged_against[exp.parent_commit] += 1  # its frontier's replicas are owed for them too
+            if exp.decision is Decision.KEEP and (exp.kind in (Kind.PROPOSAL, Kind.VERIFICATION)
+                                                  or exp.kind is Kind.BASELINE and state.plateau.since is None):
+                state.plateau.since = exp.id  # a resumed line counts from its last keep (or its start)
             if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
                 self._run_again(exp)
             elif exp.status is Status.QUEUED and exp.run_id != self.run_id:
@@ -233,6 +237,9 @@ class Supervisor:
             return False
         if state.quitting:
             state.exit_reason = state.exit_reason or "stopped by request"
+            return True
+        if state.plateau.ended and not any(map(_follow_up, state.pending)):
+            state.exit_reason = state.plateau.reason()
             return True
         if state.out_of_budget and not any(map(_follow_up, state.pending)):
             extra = state.started - state.max_experiments
@@ -281,8 +288,8 @@ class Supervisor:
         for lane in state.lanes:
             if lane.lost or lane.run is not None or lane.paused or state.quitting:
                 continue
-            # Past --max-experiments, only the runs that judge results already in hand go on.
-            job = self._next_follow_up(lane) if state.out_of_budget else self._next_job(lane)
+            # Past --max-experiments or a plateau's end, only the runs that judge results in hand go on.
+            job = self._next_follow_up(lane) if state.winding_down else self._next_job(lane)
             if job is not None:
                 self.launcher.launch(lane, job)
         self.drafting.replay_waiting()
@@ -396,6 +403,26 @@ class Supervisor:
                                f"its own budget; runs now time out after "
                                f"{self.config.timeout_after(self.state.run_seconds):.0f} s (--timeout to choose)")
 
+    def _decided(self, exp: Experiment, rule: Rule | None) -> None:
+        """Every decision, as the ledger records it: the proposer learns, the plateau counts."""
+        self.drafting.observe(exp)
+        plateau = self.state.plateau
+        match plateau.judged(exp, rule):
+            case Step.WARN:
+                self.ledger.notice(events.Level.WARNING,
+                                   f"plateau: {plateau.misses} experiments without a keep since "
+                                   f"{plateau.since_text()}; the proposers are asked for a different direction, and "
+                                   f"the night ends after {plateau.after} more without one (--plateau)",
+                                   topic=events.Topic.PLATEAU)
+                self.ledger.event("plateau", DecisionSource.AUTO, experiment_id=exp.id,
+                                  detail={"step": Step.WARN.value, "misses": plateau.misses, "since": plateau.since})
+            case Step.END:
+                self.ledger.notice(events.Level.WARNING, f"{plateau.reason()}: no new proposal runs; the runs "
+                                                         f"under way finish and are judged",
+                                   topic=events.Topic.PLATEAU)
+                self.ledger.event("plateau", DecisionSource.AUTO, experiment_id=exp.id,
+                                  detail={"step": Step.END.value, "misses": plateau.misses, "since": plateau.since})
+
     def _apply(self, actions: list[Action]) -> None:
         """Carry out what the judging rules said, in order."""
         state, ledger = self.state, self.ledger
@@ -435,7 +462,8 @@ class Supervisor:
         lane.lost = True
         if lane.run is not None:
             lane.run.handle.stop(Status.CRASH)
-        self.ledger.notice(events.Level.ERROR, f"lane {lane.index} is out of service: {why}", lane.index)
+        self.ledger.notice(events.Level.ERROR, f"lane {lane.index} is out of service: {why}", lane.index,
+                           topic=events.Topic.LANE_LOST)
         self.ledger.lane_changed(lane, why)
 
     def _reach(self, message: ClusterReach) -> None:
@@ -524,7 +552,7 @@ def _config_record(config: Config, lanes: list[Lane], sandbox: SandboxChoice) ->
             "sandbox": {"asked": config.sandbox, "active": sandbox.active, "summary": sandbox.summary},
             "budget": config.budget, "review": config.review, "noise_floor": config.noise_floor,
             "keep_rule": config.keep_rule, "baseline_runs": config.baseline_runs,
-            "max_experiments": config.max_experiments, "target": {"editable": list(config.target.editable),
+            "max_experiments": config.max_experiments, "plateau": config.plateau, "target": {"editable": list(config.target.editable),
                                                                   "command": config.target.command,
                                                                   "metric": config.target.metric,
                                                                   "direction": config.target.direction}}
