@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -155,6 +156,9 @@ def build_report_parser() -> argparse.ArgumentParser:
                         help="table: a leaderboard; tsv: upstream's results.tsv; json: every experiment")
     parser.add_argument("--run", help="only this run id")
     parser.add_argument("--limit", type=int, default=30, help="leaderboard rows (0: all)")
+    parser.add_argument("--tree", action="store_true",
+                        help="the research as a tree: each frontier and what was tried on it (the latest tag's "
+                             "sessions, or --run's)")
     parser.add_argument("--parquet", type=Path, metavar="DIR", help="also export every table to DIR/*.parquet")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the progress plot")
     return parser
@@ -171,7 +175,9 @@ def report(argv: list[str]) -> int:
     try:
         with Reader(args.db) as reader:
             metric = reader.metric(args.run)
-            if args.format == "table":
+            if args.tree:
+                sys.stdout.write(_tree_text(reader, args.run, metric))
+            elif args.format == "table":
                 rows = reader.leaderboard(args.run, args.limit or None)
                 note = " (live: from the latest snapshot)" if reader.live else ""
                 sys.stdout.write(f"{args.db}{note}: {metric.label}\n" + fmt.leaderboard_table(rows, metric=metric)
@@ -194,6 +200,17 @@ def report(argv: list[str]) -> int:
         print(f"autoresearch-tui report: cannot write {e.filename}: {e.strerror}.", file=sys.stderr)
         return 2
     return 0
+
+
+def _tree_text(reader, run: str | None, metric) -> str:
+    from results import tree
+
+    tag = None if run else reader.latest_tag()
+    experiments = reader.experiments(run, tag)
+    title = f"run {run}" if run else f"tag {tag}" if tag else "the log"
+    width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else None
+    return f"{title}: {metric.label}\n" + tree.text(tree.build(experiments, reader.frontier_moves(run, tag), metric),
+                                                    width)
 
 
 def build_agent_files_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,8 @@ import json
 
 from .memory_index import terms
 from .metric import Direction, Metric, delta, starting_points
-from .records import (Decision, DecisionSource, Experiment, Kind, LeaderboardRow, Memory, NoiseRow, SpendingRow,
-                      Status, SUMMARY_COLUMNS)
+from .records import (Decision, DecisionSource, Experiment, FrontierMove, Kind, LeaderboardRow, Memory, NoiseRow,
+                      SpendingRow, Status, SUMMARY_COLUMNS)
 
 _EXPERIMENT_FIELDS = [
     "id", "run_id", "lane", "kind", "gpu_index", "gpu_uuid", "gpu_name", "worktree", "branch",
@@ -40,15 +40,36 @@ def experiment_from_row(row) -> Experiment:
 
 def experiments(con, run_id: str | None = None, tag: str | None = None) -> list[Experiment]:
     """Experiments in id order: all, one run's, or every run's of one research tag."""
-    sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments"
-    params = []
+    where, params = _scope(run_id, tag)
+    sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE {where} ORDER BY id"
+    return [experiment_from_row(r) for r in con.execute(sql, params).fetchall()]
+
+
+def latest_tag(con) -> str | None:
+    """The research tag of the session started last."""
+    rows = con.execute("SELECT tag FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()
+    return rows[0][0] if rows else None
+
+
+def _scope(run_id: str | None, tag: str | None) -> tuple[str, list]:
+    """A WHERE condition for one session's rows, a research tag's, or all of them."""
     if run_id is not None:
-        sql += " WHERE run_id = ?"
-        params.append(run_id)
-    elif tag is not None:
-        sql += " WHERE run_id IN (SELECT id FROM runs WHERE tag = ?)"
-        params.append(tag)
-    return [experiment_from_row(r) for r in con.execute(sql + " ORDER BY id", params).fetchall()]
+        return "run_id = ?", [run_id]
+    if tag is not None:
+        return "run_id IN (SELECT id FROM runs WHERE tag = ?)", [tag]
+    return "true", []
+
+
+def frontier_moves(con, run_id: str | None = None, tag: str | None = None) -> list[FrontierMove]:
+    """Every move of the frontier, in the order made: all, one session's, or a research tag's."""
+    where, params = _scope(run_id, tag)
+    sql = f"SELECT experiment_id, detail FROM events WHERE kind = 'frontier' AND {where} ORDER BY id"
+    moves = []
+    for experiment_id, detail in con.execute(sql, params).fetchall():
+        d = json.loads(detail) if isinstance(detail, str) else (detail or {})
+        if d.get("commit"):
+            moves.append(FrontierMove(d["commit"], d.get("previous"), experiment_id, bool(d.get("undo"))))
+    return moves
 
 
 def leaderboard(con, run_id: str | None = None, limit: int | None = None,

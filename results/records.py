@@ -197,6 +197,17 @@ class Event:
 
 
 @dataclass(frozen=True)
+class FrontierMove:
+    """The frontier moved to `commit`: by the keep of `experiment_id`, or back (`undo`) when a
+    person discarded the frontier's own commit. From the log's `frontier` events."""
+
+    commit: str
+    previous: str | None
+    experiment_id: int | None
+    undo: bool = False
+
+
+@dataclass(frozen=True)
 class LeaderboardRow:
     rank: int
     experiment_id: int

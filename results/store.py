@@ -31,8 +31,8 @@ from . import queries
 from .evidence import RunEvidence, run_evidence
 from .memory_index import index_terms
 from .metric import Metric
-from .records import (Decision, DecisionSource, Event, Experiment, GpuSample, LlmCall, Memory, NoiseRow, SpendingRow,
-                      MetricPoint, Run, SUMMARY_COLUMNS)
+from .records import (Decision, DecisionSource, Event, Experiment, FrontierMove, GpuSample, LlmCall, Memory, NoiseRow,
+                      SpendingRow, MetricPoint, Run, SUMMARY_COLUMNS)
 from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
 
 BIG_TABLES = ("metrics", "telemetry")  # snapshotted on a slower cadence: they dominate the size
@@ -328,6 +328,10 @@ class Store:
         with self._lock:
             return queries.experiments(self.con, run_id, tag)
 
+    def frontier_moves(self, run_id: str | None = None, tag: str | None = None) -> list[FrontierMove]:
+        with self._lock:
+            return queries.frontier_moves(self.con, run_id, tag)
+
     def run_evidence(self, experiment_id: int, metric: Metric,
                      diff: Callable[[str, str], str] | None = None) -> RunEvidence | None:
         """How one run went (results/evidence.py), its progress lines written first."""
@@ -343,8 +347,7 @@ class Store:
 
     def latest_tag(self) -> str | None:
         with self._lock:
-            rows = self.con.execute("SELECT tag FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()
-            return rows[0][0] if rows else None
+            return queries.latest_tag(self.con)
 
     def leaderboard(self, run_id: str | None = None, limit: int | None = None, metric=None):
         with self._lock:
@@ -544,11 +547,17 @@ class Reader:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_sql_path(snapshot / (table + '.parquet'))})")
         return con
 
-    def experiments(self, run_id: str | None = None) -> list[Experiment]:
-        return queries.experiments(self.con, run_id)
+    def experiments(self, run_id: str | None = None, tag: str | None = None) -> list[Experiment]:
+        return queries.experiments(self.con, run_id, tag)
+
+    def latest_tag(self) -> str | None:
+        return queries.latest_tag(self.con)
 
     def leaderboard(self, run_id: str | None = None, limit: int | None = None):
         return queries.leaderboard(self.con, run_id, limit)
+
+    def frontier_moves(self, run_id: str | None = None, tag: str | None = None) -> list[FrontierMove]:
+        return queries.frontier_moves(self.con, run_id, tag)
 
     def metric(self, run_id: str | None = None):
         """The metric the (latest, or given) session judged by: results.metric.Metric."""

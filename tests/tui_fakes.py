@@ -4,9 +4,10 @@ dataclasses, with fixed times, fixed telemetry and fixed loss curves, and no eng
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 
-from results.records import Experiment, GpuSample, Status
+from results.records import Decision, DecisionSource, Experiment, GpuSample, Status
 from scheduler.engine import control, events
 from scheduler.runs.runparse import Progress
 from tui.link import EngineLink, LaneInfo
@@ -117,4 +118,57 @@ def research(lane_count: int = 2) -> list:
     nxt = experiment(7 + lane_count, 0, DESCRIPTIONS[-1], status=Status.QUEUED)
     evs.append(events.ProposalReady(0, nxt))
     evs.append(events.LaneChanged(0, "training", nxt.description))
+    return evs
+
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+def tree_night() -> tuple[list[Experiment], list[tuple[str, str, int]]]:
+    """A night with two frontier moves, a crash and a re-run, as the log holds it: the finished
+    experiments (decided) and the frontier's moves (commit, previous, experiment id).
+
+    #3 moves the frontier A -> B. #6, drafted on A, wins after it; measured again on B as the
+    verification #7, it moves the frontier B -> C. #5 crashes on B; #8 runs #4 again at a
+    person's request; #9 trains on C and #10 waits."""
+    def done(eid, lane, description, value, decision, *, kind="proposal", status=Status.OK, commit=None,
+             parent=A, **links):
+        exp = experiment(eid, lane, description, kind=kind, status=status, value=value, commit=commit, parent=parent)
+        return replace(exp, decision=Decision(decision), decision_source=DecisionSource.AUTO, **links)
+
+    night = [
+        done(1, 0, "baseline: the frontier as it is", 0.998200, "keep", kind="baseline", commit=A),
+        done(2, 1, "baseline: the frontier as it is", 0.997800, "keep", kind="baseline", commit=A),
+        done(3, 0, DESCRIPTIONS[0], 0.991000, "keep", commit=B),
+        done(4, 1, DESCRIPTIONS[1], 0.999100, "discard"),
+        done(5, 0, DESCRIPTIONS[2], None, "discard", status=Status.CRASH, parent=B,
+             error="exit code 1: RuntimeError: shape mismatch in attention"),
+        done(6, 1, DESCRIPTIONS[3], 0.990000, "discard"),
+        done(7, 0, f"{DESCRIPTIONS[3]} (on the new frontier)", 0.985500, "keep", kind="verification", commit=C,
+             parent=B, verifies=6),
+        done(8, 1, DESCRIPTIONS[1], 0.999300, "discard", kind="rerun", commit="4" * 40, rerun_of=4),
+        experiment(9, 0, DESCRIPTIONS[4], parent=C),
+        experiment(10, 1, DESCRIPTIONS[5], parent=C, status=Status.QUEUED),
+    ]
+    return night, [(B, A, 3), (C, B, 7)]
+
+
+def tree_events() -> list:
+    """The same night as the engine's events, for the app."""
+    night, moves = tree_night()
+    evs: list = [events.LaneChanged(i, "idle") for i in range(2)]
+    made = {eid: (commit, previous) for commit, previous, eid in moves}
+    for exp in night:
+        if exp.status is Status.QUEUED:
+            evs.append(events.ProposalReady(exp.lane, exp))
+            continue
+        evs.append(events.RunStarted(exp.lane, replace(exp, status=Status.RUNNING, summary={}, decision=None,
+                                                       decision_source=None), pid=1000 + exp.id))
+        if exp.status is Status.RUNNING:
+            evs.extend(progress(exp.lane, exp.id, 40))
+            continue
+        evs.append(events.RunFinished(exp.lane, replace(exp, decision=None, decision_source=None)))
+        evs.append(events.Decided(exp.id, exp.decision.value, "auto", "as the rules said"))
+        if exp.id in made:
+            evs.append(events.FrontierAdvanced(*made[exp.id], exp.id, exp.summary.get("val_bpb")))
     return evs

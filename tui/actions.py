@@ -30,6 +30,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("rerun", "r", "r", "rerun", "Run the selected experiment again", "experiment"),
     Action("details", "enter", "enter", "details", "Open the selected experiment: diff, log, transcript, "
            "metrics", "experiment", footer=False),
+    Action("tree", "t", "t", "tree", "Show the research as a tree: each frontier and the experiments tried on it "
+           "(enter opens one, space folds a branch)", "table", footer=False),
     Action("pause", "p", "p", "pause", "Pause or resume the selected lane (its running experiment finishes)",
            "lane"),
     Action("stop", "s", "s", "stop", "Stop the selected lane's running experiment (asks first)", "lane"),

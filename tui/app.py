@@ -27,7 +27,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from results.records import Experiment
+from results.records import Experiment, FrontierMove
 from scheduler.engine import control, events
 
 from . import actions
@@ -43,6 +43,7 @@ from .link import EngineLink
 from .messages import ExperimentChosen, LaneSelected
 from .overrides import Overrides
 from .state import ResearchView
+from .tree_view import TreeScreen
 
 log = logging.getLogger("autoresearch.tui")
 
@@ -61,7 +62,7 @@ RELOAD_SECONDS = 1.0  # the table re-reads the store at most this often (queued 
 HIGH_RATE = (events.RunProgress, events.GpuSampled)
 # Keys that only make sense on the main screen; the detail screen keeps the ones that act on
 # its experiment or on a lane, and a dialog keeps none.
-MAIN_ONLY = {"filter", "sort", "details"}
+MAIN_ONLY = {"filter", "sort", "details", "tree"}
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ class ResearchApp(Overrides, App[int]):
             self.query_one(ExperimentsPanel).show()
             self.query_one(BestChart).show()
             for screen in self.screen_stack:
-                if isinstance(screen, DetailScreen):
+                if isinstance(screen, (DetailScreen, TreeScreen)):
                     screen.show()
         elif changes.lanes and isinstance(self.screen, DetailScreen):
             self.screen.show()  # its live progress
@@ -276,16 +277,17 @@ class ResearchApp(Overrides, App[int]):
         table reads them from the store (thread-safe), off the event loop."""
         try:
             rows = self.link.store.experiments(tag=self.link.tag)
+            moves = self.link.store.frontier_moves(tag=self.link.tag)
         except Exception:  # noqa: BLE001 - a closed store at exit, or a busy one: next time
             log.debug("reloading the experiments failed", exc_info=True)
             return
         try:
-            self.call_from_thread(self._merge, rows)
+            self.call_from_thread(self._merge, rows, moves)
         except RuntimeError:  # the app has closed meanwhile
             pass
 
-    def _merge(self, rows: list[Experiment]) -> None:
-        self.view.merge_stored(rows)
+    def _merge(self, rows: list[Experiment], moves: list[FrontierMove]) -> None:
+        self.view.merge_stored(rows, moves)
         self.render_changes()
 
     # -- selection ---------------------------------------------------------------------------------
@@ -308,6 +310,9 @@ class ResearchApp(Overrides, App[int]):
     def selected_experiment(self) -> Experiment | None:
         if isinstance(self.screen, DetailScreen):
             return self.view.experiments.get(self.screen.experiment_id)
+        if isinstance(self.screen, TreeScreen):
+            experiment_id = self.screen.selected_id
+            return self.view.experiments.get(experiment_id) if experiment_id is not None else None
         experiment_id = self.query_one(ExperimentsPanel).selected_id
         return self.view.experiments.get(experiment_id) if experiment_id is not None else None
 
@@ -320,7 +325,7 @@ class ResearchApp(Overrides, App[int]):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if isinstance(self.screen, (ConfirmScreen, HelpScreen)) and action != "command_palette":
             return False
-        if isinstance(self.screen, DetailScreen) and action in MAIN_ONLY:
+        if isinstance(self.screen, (DetailScreen, TreeScreen)) and action in MAIN_ONLY:
             return False
         if action in ("approve", "reject") and not self.view.review:
             return False  # nothing is ever held for review: not in the footer, not in the palette
@@ -342,6 +347,9 @@ class ResearchApp(Overrides, App[int]):
 
     def action_sort(self) -> None:
         self.query_one(ExperimentsPanel).next_sort()
+
+    def action_tree(self) -> None:
+        self.push_screen(TreeScreen(self.view))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

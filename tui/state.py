@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from results.metric import Metric, delta, running_best, starting_points
-from results.records import Decision, Experiment, GpuSample, Kind, Status
+from results.records import Decision, Experiment, FrontierMove, GpuSample, Kind, Status
 from scheduler.engine import events
 from scheduler.engine.noise import Ruling
 from scheduler.runs.runparse import Progress
@@ -156,6 +156,7 @@ class ResearchView:
         self.held: dict[int, int] = {}  # experiment id -> lane: waiting for approve/reject
         self.review_sent: set[int] = set()
         self.frontier: str | None = None
+        self.moves: dict[tuple, FrontierMove] = {}  # every move of the frontier, in order (the tree's links)
         self.noise: events.NoiseEstimated | None = None  # the latest estimate, for the header
         self.llm_calls = 0
         self.llm_tokens = 0
@@ -225,8 +226,9 @@ class ResearchView:
                 lane = self.lanes.get(n)
                 if lane is not None:
                     self._lane_changed(lane, event)
-            case events.FrontierAdvanced(commit=commit):
+            case events.FrontierAdvanced(commit=commit, previous=previous, experiment_id=eid):
                 self.frontier = commit
+                self._moved(FrontierMove(commit, previous, eid, undo=eid is None))
                 self.changes.header = True
             case events.NoiseEstimated():
                 self.noise = event
@@ -293,9 +295,22 @@ class ResearchView:
                     setattr(lane, attr, self.experiments[experiment_id])
                     self._urgent(lane.lane)
 
-    def merge_stored(self, rows: list[Experiment]) -> None:
+    def _moved(self, move: FrontierMove) -> None:
+        key = (move.commit, move.previous, move.experiment_id, move.undo)
+        if key not in self.moves:
+            self.moves[key] = move
+            self.table_version += 1
+            self.changes.table = True
+
+    def merge_stored(self, rows: list[Experiment], moves: list[FrontierMove] = ()) -> None:
         """Rows read from the store (every experiment of the tag, queued ones and earlier
-        sessions' included); a row never moves an experiment backwards."""
+        sessions' included); a row never moves an experiment backwards. The stored moves of
+        the frontier come first: earlier sessions' moves precede this one's."""
+        if any((m.commit, m.previous, m.experiment_id, m.undo) not in self.moves for m in moves):
+            known = self.moves
+            self.moves = {}
+            for move in [*moves, *known.values()]:
+                self._moved(move)
         for row in rows:
             known = self.experiments.get(row.id)
             if known is not None and (_rank(known.status) > _rank(row.status) or self._overlay(row) == known):
