@@ -72,6 +72,9 @@ def build(request: ProposalRequest, direction: str, memories: list[str], code: s
     ]
     if request.plateau is not None:  # after the history, before the direction is acted on
         parts.insert(2, request.plateau.text())
+    if request.constraints:
+        parts.insert(1, "Constraints: a run past any of these is discarded, whatever its "
+                        f"{metric.name}: " + "; ".join(c.text() for c in request.constraints) + ".")
     shown = memories[:MEMORIES[detail]]
     if shown:
         parts.append("What earlier experiments taught (memories):\n" + "\n".join(f"- {m}" for m in shown))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from results.constraints import Constraint
 from results.evidence import RunEvidence
 from results.metric import Metric
 from results.records import LlmCall
@@ -77,6 +78,7 @@ class ProposalRequest:
     attempt: int = 0  # how many proposals this lane has asked for before; varies the choice
     metric: Metric = field(default_factory=Metric)  # what the experiments are judged by, and which way is better
     plateau: PlateauNote | None = None  # set once the line has gone --plateau experiments without a keep
+    constraints: tuple[Constraint, ...] = ()  # ceilings a run must respect, or it is discarded
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a file the agents may edit (repeatable; default trainer/train.py)")
     parser.add_argument("--command", dest="target_command", help="the training command, run in the worktree "
                         "(default `python -m trainer.train`; `python` is this interpreter)")
+    parser.add_argument("--max-vram-mb", type=float, metavar="MB",
+                        help="discard a run whose peak VRAM passes this (constraint on peak_vram_mb)")
+    parser.add_argument("--max-params-m", type=float, metavar="M",
+                        help="discard a run whose model has more parameters, in millions (num_params_M)")
+    parser.add_argument("--constraint", action="append", metavar="KEY<=MAX",
+                        help="discard a run whose summary KEY passes MAX, e.g. artifact_bytes<=16000000 (repeatable)")
     parser.add_argument("--seed", type=int, help="the offline mutator's seed (default 0)")
     _sandbox_arguments(parser)
     parser.add_argument("--executor", choices=["local", "ray"],

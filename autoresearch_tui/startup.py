@@ -17,6 +17,7 @@ from agents.llm_proposer import LlmProposer
 from agents.mutator import OfflineMutator
 from agents.prices import priced
 from agents.spending import Purse
+from results import constraints
 from results.store import Store, StoreError
 from scheduler import config as cfg
 from scheduler.engine.control import install_signal_handlers
@@ -48,12 +49,30 @@ def _config(args: argparse.Namespace) -> cfg.Config:
     flags = {name: getattr(args, name) for name in _FLAG_NAMES}
     flags["repo"] = args.repo
     flags["no_ui"], flags["demo"], flags["resume"] = args.no_ui, args.demo, args.resume
-    flags["target"] = {"editable": args.editable, "command": args.target_command}
+    flags["target"] = {"editable": args.editable, "command": args.target_command,
+                       "constraints": _constraint_flags(args)}
     config = cfg.build(file_values, flags)
     if args.demo:
         given = {k for k, v in flags.items() if v is not None} | {k for k in file_values if k != "target"}
         config = demo_config(config, given, Path.cwd() / ".autoresearch" / "demo")
     return config
+
+
+def _constraint_flags(args: argparse.Namespace) -> dict[str, float] | None:
+    """--max-vram-mb, --max-params-m and every --constraint KEY<=MAX, as the [target] table's
+    constraints (they override the file's for the same key)."""
+    limits = {}
+    if args.max_vram_mb is not None:
+        limits["peak_vram_mb"] = args.max_vram_mb
+    if args.max_params_m is not None:
+        limits["num_params_M"] = args.max_params_m
+    for text in args.constraint or ():
+        try:
+            limit = constraints.parse(text)
+        except ValueError as e:
+            raise cfg.ConfigError(f"{e}.") from None
+        limits[limit.key] = limit.ceiling
+    return limits or None
 
 
 def _logging(log_file: Path, console: bool = True) -> None:
@@ -259,7 +278,8 @@ def _open_door(config: cfg.Config, store: Store, workspace: Workspace, gpus, pro
     from external.view import LabView
 
     view = LabView(config.tag, [(g.lane, g.name) for g in gpus], "", config.metric, budget_s=config.budget,
-                   max_experiments=config.max_experiments, max_cost=config.max_cost)
+                   max_experiments=config.max_experiments, max_cost=config.max_cost,
+                   constraints=config.target.constraints)
     view.seed(store.experiments(tag=config.tag))
     listeners.append(view)
     lab = Lab(view, proposer if isinstance(proposer, ExternalProposer) else None, config.target.editable,

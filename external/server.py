@@ -86,8 +86,9 @@ def build(lab: Lab) -> MCPServer:
     @server.tool()
     async def research_status(ctx: Context) -> dict:
         """The lanes (state, GPU, what trains and how far), the frontier commit and its metric,
-        the noise sigma and the margin a change must beat, the budget, experiments done and kept,
-        LLM spend."""
+        the noise sigma and the margin a change must beat, the budget, the constraints a run must
+        respect (a summary key and its ceiling: a run past one is discarded), experiments done
+        and kept, LLM spend."""
         lab.record(_client(ctx), "research_status", {}, None, None)
         open_lanes = lab.proposer.open_lanes() if lab.proposer else {}
         return lab.view.status(open_lanes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from results.constraints import Constraint
 from results.evidence import tail, tokens_per_second
 from results.metric import Metric
 from results.records import Experiment, Kind, Status
@@ -58,8 +59,9 @@ class _State:
 
 class LabView:
     def __init__(self, tag: str, lanes: list[tuple[int, str]], frontier: str, metric: Metric, *,
-                 budget_s: float | None, max_experiments: int | None, max_cost: float | None):
-        self.tag, self.metric = tag, metric
+                 budget_s: float | None, max_experiments: int | None, max_cost: float | None,
+                 constraints: tuple[Constraint, ...] = ()):
+        self.tag, self.metric, self.constraints = tag, metric, constraints
         self.budget_s, self.max_experiments, self.max_cost = budget_s, max_experiments, max_cost
         self._lock = threading.Lock()
         self._s = _State(frontier, {lane: LaneInfo(lane, gpu) for lane, gpu in lanes})
@@ -150,6 +152,7 @@ class LabView:
                                                                and s.verdicts.get(e.id, _Verdict("", "")).decision
                                                                == "keep"),
                                 "max": self.max_experiments},
+                "constraints": {c.key: c.ceiling for c in self.constraints},
                 "spend_usd": round(s.spend_usd, 4), "max_cost_usd": self.max_cost,
                 "lanes": lanes, "finished": s.finished}
 

@@ -45,6 +45,7 @@ class Kind(enum.StrEnum):
     CONFIRM = "confirm"  # a win within noise of the margin, run again
     VERIFICATION = "verification"  # a winner replayed on a frontier that moved, measured there
     RERUN = "rerun"  # a person asked for another measurement
+    CLAIM = "claim"  # the start or the final frontier, run again side by side for the night's claim
 
 
 # The summary keys every run is expected to print; each has its own column. Any other key a

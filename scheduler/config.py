@@ -22,6 +22,7 @@ Example `autoresearch.toml` (every key optional):
     command = "python train.py"
     metric = "val_bpb"
     direction = "lower"       # lower | higher
+    constraints = { peak_vram_mb = 60000, num_params_M = 100 }   # ceilings on summary keys
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
 
+from results.constraints import Constraint
 from results.metric import Direction, Metric
 
 
@@ -48,6 +50,7 @@ class Target:
     command: str = "python -m trainer.train"
     metric: str = "val_bpb"
     direction: str = "lower"  # lower | higher
+    constraints: tuple[Constraint, ...] = ()  # ceilings a run must respect, or it is discarded
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,15 @@ def build(file_values: dict, flags: dict) -> Config:
         if isinstance(editable, str) or not all(isinstance(p, str) for p in editable) or not editable:
             raise ConfigError("target.editable must be a non-empty list of file paths.")
         target_values["editable"] = tuple(editable)
+    limits = file_values.get("target", {}).get("constraints", {})
+    if not isinstance(limits, dict):
+        raise ConfigError("target.constraints must be a table of summary keys and their ceilings "
+                          "({ peak_vram_mb = 60000 }, say).")
+    limits = {**limits, **(flags.get("target", {}).get("constraints") or {})}
+    try:
+        target_values["constraints"] = tuple(Constraint(key, value) for key, value in limits.items())
+    except ValueError as e:
+        raise ConfigError(f"target.constraints: {e}.") from None
     try:
         target = Target(**target_values)
         config = Config(**values, target=target)

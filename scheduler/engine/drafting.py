@@ -46,7 +46,8 @@ class Drafting:
         request = ProposalRequest(lane=lane.index, worktree=lane.draft_dir, parent_commit=state.frontier,
                                   editable_files=self.config.target.editable, history=tuple(state.history),
                                   frontier_val_bpb=self._frontier_value(lane.model), attempt=lane.attempts,
-                                  metric=state.metric, plateau=self._plateau())
+                                  metric=state.metric, plateau=self._plateau(),
+                                  constraints=self.config.target.constraints)
         lane.attempts += 1
         future = self.pool.submit(self._make_proposal, request)
         lane.next = DraftingSlot(future)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from results.constraints import Constraint, broken
 from results.records import Decision, Experiment, Kind, Status
 
 from .noise import DISTURBED_BELOW, MAX_FRONTIER_RUNS, GreedyPolicy, Policy, Rule, Ruling, Verdict, throughput
@@ -69,14 +70,17 @@ Action = Decide | Confirm | Queue | Promote | FrontierFailed
 
 
 class Judge:
-    def __init__(self, policy: Policy | GreedyPolicy):
+    def __init__(self, policy: Policy | GreedyPolicy, constraints: tuple[Constraint, ...] = ()):
         self.policy = policy
+        self.constraints = constraints  # ceilings a change must respect (results/constraints.py)
 
     def result(self, state: ResearchState, exp: Experiment) -> list[Action]:
         """What should follow a finished experiment (already in `state`, its measurement folded
         into `state.measurements`)."""
         if exp.decision is not None:
             return []  # a person already decided (discarded it while it ran)
+        if exp.kind is Kind.CLAIM:
+            return []  # measured for the night's claim (confirmation.py), not judged
         if exp.status is not Status.OK:
             actions: list[Action] = [Decide(exp.id, Decision.DISCARD, Rule.FAILED,
                                             f"{exp.status.value}: {exp.error or 'failed'}")]
@@ -85,6 +89,11 @@ class Judge:
                 failures = state.baseline_failures.get(key, 0) + 1
                 actions.append(FrontierFailed(exp.id, key, failures, failures >= BASELINE_FAILURES_BEFORE_STOPPING))
             return actions
+        why = broken(exp, self.constraints) if exp.kind is not Kind.BASELINE else None
+        if why is not None:  # whatever its metric says: a change must fit the machine and the rules
+            original = state.original(exp)  # a confirmation past a limit settles what it confirms
+            return [Decide(e.id, Decision.DISCARD, Rule.CONSTRAINT, f"constraint: {why}")
+                    for e in ({exp.id: exp, original.id: original}.values()) if e.decision is None]
         if exp.kind is Kind.BASELINE:
             slow = self._disturbed_among_replicas(state, exp)
             reason = "baseline: the frontier as it is" + (f" ({slow}; set aside and run again)" if slow else "")

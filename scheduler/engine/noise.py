@@ -64,6 +64,7 @@ class Rule(enum.StrEnum):
     CONFLICT = "conflict"  # clashes with a frontier that moved, and does not beat it
     REMEASURE = "remeasure"  # the frontier moved meanwhile: measured again on top of it
     PERSON = "person"  # a person decided
+    CONSTRAINT = "constraint"  # past a ceiling of [target] constraints (peak VRAM, parameters, ...)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class Supervisor:
         self.state = ResearchState(run_id=run_id, frontier=frontier, lanes=lanes,
                                    metric=config.metric,
                                    max_experiments=config.max_experiments, plateau=Plateau(config.plateau))
-        self.judge = Judge(policy_for(config))
+        self.judge = Judge(policy_for(config), config.target.constraints)
         self.ledger = Ledger(self.state, store, workspace.branch, workspace.keep_commit, sink,
                              observe=self._decided, policy=self.judge.policy,
                              drafting_detail=getattr(proposer, "drafting_detail", ""))
@@ -555,4 +555,6 @@ def _config_record(config: Config, lanes: list[Lane], sandbox: SandboxChoice) ->
             "max_experiments": config.max_experiments, "plateau": config.plateau, "target": {"editable": list(config.target.editable),
                                                                   "command": config.target.command,
                                                                   "metric": config.target.metric,
-                                                                  "direction": config.target.direction}}
+                                                                  "direction": config.target.direction,
+                                                                  "constraints": {c.key: c.ceiling for c in
+                                                                                  config.target.constraints}}}
