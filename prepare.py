@@ -3,7 +3,8 @@ The fixed harness: data, tokenizer, dataloader and the metric.
 
 Agents never edit this file (the supervisor rejects any commit that touches it), so the
 number every experiment is judged by -- val_bpb from `evaluate_bpb` -- cannot be gamed by
-the program being measured. The training program imports from here.
+the program being measured. The training program imports from here. A second validation
+shard, the held-out one, is read only for the night's claim (see evaluate_bpb).
 
     uv run prepare.py                  # full profile: download climbmix shards, train the tokenizer
     uv run prepare.py --synthetic      # full profile from the offline generator (no internet)
@@ -15,6 +16,7 @@ Everything lands under $AUTORESEARCH_CACHE (default ~/.cache/autoresearch)/<prof
 from __future__ import annotations
 
 import argparse
+import atexit
 import bisect
 import contextlib
 import http.client
@@ -49,6 +51,7 @@ class Profile:
     vocab_size: int  # including special tokens
     eval_tokens: int  # validation tokens evaluate_bpb reads, always the same ones
     val_shard: int  # index of the pinned validation shard
+    heldout_shard: int  # a second validation shard the judge never reads (the claim's held-out check)
     default_train_shards: int
     synthetic_docs_per_shard: int  # training shard size when the offline generator makes the data
     # The generated validation shard is larger: packed into rows it must cover eval_tokens, and
@@ -63,13 +66,13 @@ PROFILES = {
     # vocabulary, ~21M validation tokens, climbmix with validation shard 06542 pinned.
     "full": Profile(
         name="full", max_seq_len=2048, time_budget=300, vocab_size=8192,
-        eval_tokens=40 * 524288, val_shard=6542, default_train_shards=10,
+        eval_tokens=40 * 524288, val_shard=6542, heldout_shard=6541, default_train_shards=10,
         synthetic_docs_per_shard=40_000, synthetic_val_docs=170_000, tokenizer_max_chars=1_000_000_000,
     ),
     # Sized for a 2-core laptop CPU: a few MB of generated text, a model that learns in 30 s.
     "tiny": Profile(
         name="tiny", max_seq_len=256, time_budget=30, vocab_size=2048,
-        eval_tokens=128 * 1024, val_shard=6542, default_train_shards=4,
+        eval_tokens=128 * 1024, val_shard=6542, heldout_shard=6541, default_train_shards=4,
         synthetic_docs_per_shard=1_500, synthetic_val_docs=1_500, tokenizer_max_chars=20_000_000,
     ),
 }
@@ -467,10 +470,12 @@ def list_shards(profile: Profile, split: str) -> list[Path]:
     manifest = read_manifest(profile)
     if split == "val":
         names = [shard_name(profile.val_shard)]
+    elif split == "heldout":
+        names = [shard_name(profile.heldout_shard)]
     elif split == "train":
         names = [shard_name(i) for i in manifest["train_shards"]]
     else:
-        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+        raise ValueError(f"split must be 'train', 'val' or 'heldout', not {split!r}")
     paths = [data_dir(profile) / n for n in names]
     for p in paths:
         if not p.exists():
@@ -640,7 +645,7 @@ def make_dataloader(tokenizer: Tokenizer, batch_size: int, seq_len: int, split: 
         while True:
             for texts in iter_texts(paths, profile):
                 yield from tokenizer.encode(texts)
-            if split == "val":
+            if split != "train":
                 return
             epoch_box[0] += 1
 
@@ -670,7 +675,36 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, profile: Profile,
     Summed cross-entropy (nats) over every predicted token, divided by ln 2 and by the UTF-8
     bytes those tokens stand for. Targets that are special tokens (0 bytes) are left out of
     both sums, so the figure does not depend on the vocabulary size or document boundaries.
-    `model(x, y, reduction='none')` must return the per-token loss."""
+    `model(x, y, reduction='none')` must return the per-token loss.
+
+    The held-out check: when the supervisor sets AUTORESEARCH_HELDOUT=1 (only for the runs of
+    the night's claim), the same measure on the held-out shard, which no keep was judged by, is
+    printed as `heldout_val_bpb` after the summary, when the process exits. A night whose gains
+    exist only on the validation shard shows there. A harness without a held-out shard (an
+    upstream-layout target's own prepare.py, or data prepared before it existed) prints nothing,
+    and the claim simply has no held-out figure."""
+    value = bits_per_byte(model, tokenizer, batch_size, profile, "val", device)
+    if os.environ.get("AUTORESEARCH_HELDOUT") == "1":
+        _report_heldout(model, tokenizer, batch_size, profile, device)
+    return value
+
+
+def _report_heldout(model, tokenizer: Tokenizer, batch_size: int, profile: Profile, device: str) -> None:
+    if not shard_is_valid(data_dir(profile) / shard_name(profile.heldout_shard)):
+        print("no held-out shard prepared: the claim has no held-out figure", file=sys.stderr)
+        return
+    try:
+        heldout = bits_per_byte(model, tokenizer, batch_size, profile, "heldout", device)
+    except HarnessError as e:  # too few tokens: said, and the run's own figure stands
+        print(f"held-out check skipped: {e}", file=sys.stderr)
+        return
+    # After the summary the trainer prints: every `key: value` line after `---` is the summary's.
+    atexit.register(print, f"heldout_val_bpb:    {heldout:.6f}", flush=True)
+
+
+def bits_per_byte(model, tokenizer: Tokenizer, batch_size: int, profile: Profile, split: str,
+                  device: str = "cpu") -> float:
+    """evaluate_bpb's measure on a split: "val" (what the judge reads) or "heldout"."""
     import torch
 
     seq_len = profile.max_seq_len
@@ -678,14 +712,15 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, profile: Profile,
     if steps < 1:
         raise ValueError(f"eval_tokens {profile.eval_tokens} is less than one batch of {batch_size}x{seq_len}")
     token_bytes = torch.as_tensor(tokenizer.token_bytes, device=device)
-    loader = make_dataloader(tokenizer, batch_size, seq_len, "val", profile, device)
+    loader = make_dataloader(tokenizer, batch_size, seq_len, split, profile, device)
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
         for _ in range(steps):
             batch = next(loader, None)
             if batch is None:
-                raise fail(f"the validation shard holds fewer than {profile.eval_tokens} tokens: "
+                raise fail(f"the {'validation' if split == 'val' else 'held-out'} shard holds fewer than "
+                           f"{profile.eval_tokens} tokens: "
                            f"run `{prepare_command(profile)}` again.")
             x, y, _ = batch
             loss = model(x, y, reduction="none").reshape(-1).double()
@@ -725,11 +760,12 @@ def validation_shortfall(profile: Profile, manifest: dict) -> str | None:
 def prepare(profile: Profile, *, synthetic: bool, num_shards: int, base_url: str, workers: int) -> Path:
     train = list(range(num_shards))
     dest = data_dir(profile)
+    evaluated = [profile.val_shard, profile.heldout_shard]
     if synthetic:
-        generate_shards(train + [profile.val_shard], dest, profile.synthetic_docs_per_shard, workers,
-                        sizes={profile.val_shard: profile.synthetic_val_docs})
+        generate_shards(train + evaluated, dest, profile.synthetic_docs_per_shard, workers,
+                        sizes={i: profile.synthetic_val_docs for i in evaluated})
     else:
-        download_shards(train + [profile.val_shard], dest, base_url, workers=workers)
+        download_shards(train + evaluated, dest, base_url, workers=workers)
     manifest_path = profile_dir(profile) / "prepared.json"
     tok = tokenizer_dir(profile)
     if not (tok / "token_bytes.npy").exists():
@@ -797,8 +833,9 @@ def main(argv: list[str] | None = None) -> int:
         raise fail("--tiny and --profile disagree: give one of them.")
     profile = get_profile("tiny" if args.tiny else (args.profile or "full"))
     num_shards = args.num_shards if args.num_shards is not None else profile.default_train_shards
-    if not 1 <= num_shards < profile.val_shard:
-        raise fail(f"--num-shards must be between 1 and {profile.val_shard - 1}, not {num_shards}.")
+    if not 1 <= num_shards < min(profile.val_shard, profile.heldout_shard):  # neither is ever trained on
+        raise fail(f"--num-shards must be between 1 and {min(profile.val_shard, profile.heldout_shard) - 1}, "
+                   f"not {num_shards}.")
     synthetic = args.synthetic or profile.name == "tiny"
     t0 = time.time()
     where = prepare(profile, synthetic=synthetic, num_shards=num_shards,

@@ -140,3 +140,15 @@ def test_prepare_refuses_an_unknown_profile_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown profile" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_claim_run_also_measures_the_held_out_shard(tiny_cache, finished_run):
+    """AUTORESEARCH_HELDOUT=1 (the claim's runs): evaluate_bpb also reads the held-out shard,
+    which no keep was judged by, and its figure closes the summary; without it, no such line."""
+    result = run_trainer(ROOT, tiny_cache, budget="1", AUTORESEARCH_HELDOUT="1", AUTORESEARCH_STEP_BUDGET="3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, summary = parse_run(result.stdout)
+    assert result.stdout.rstrip().splitlines()[-1].startswith("heldout_val_bpb:")
+    heldout, val = float(summary["heldout_val_bpb"]), float(summary["val_bpb"])
+    assert heldout != val and abs(heldout - val) < 0.1 * val  # other text of the same kind: near, not equal
+    assert "heldout_val_bpb" not in parse_run(finished_run.stdout)[1]
