@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plateau", type=int, metavar="N",
                         help="after N judged experiments without a keep, warn and ask the proposers for another "
                              "direction; after N more, end the night (default 30; 0: never)")
+    parser.add_argument("--confirm", type=int, dest="confirm_runs", metavar="N",
+                        help="at the end, run the frontier and the start N times each, side by side, for the claim "
+                             "(default: as many as the measured noise asks, 2 to 8)")
+    parser.add_argument("--no-confirm", dest="confirm", action="store_false", default=None,
+                        help="end without measuring the claim")
     parser.add_argument("--notify", action="append", metavar="URL",
                         help="POST each keep, plateau, lost lane, spending limit and the night's end to URL as "
                              "JSON (repeatable; slack:URL for a Slack webhook, ntfy:URL for an ntfy topic)")
@@ -167,6 +172,14 @@ def build_report_parser() -> argparse.ArgumentParser:
                              "sessions, or --run's)")
     parser.add_argument("--parquet", type=Path, metavar="DIR", help="also export every table to DIR/*.parquet")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the progress plot")
+    parser.add_argument("--bundle", type=Path, metavar="DIR",
+                        help="write a claim to hand on into DIR (new or empty): the patch from the start to the "
+                             "frontier, results, the claim, the kept changes, the plot, the environment and a README "
+                             "that reproduces it (the latest tag's, or --run's)")
+    parser.add_argument("--repo", type=Path, metavar="PATH",
+                        help="with --bundle: the research repository (default: the one the log's sessions ran in)")
+    parser.add_argument("--git-branch", action="store_true",
+                        help="with --bundle: also commit the bundle on a branch claims/<tag> on top of the frontier")
     return parser
 
 
@@ -178,9 +191,25 @@ def report(argv: list[str]) -> int:
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         print(f"autoresearch-tui report: --plot needs a .png file name, not {args.plot}.", file=sys.stderr)
         return 2
+    if (args.repo is not None or args.git_branch) and args.bundle is None:
+        print("autoresearch-tui report: --repo and --git-branch go with --bundle DIR.", file=sys.stderr)
+        return 2
     try:
         with Reader(args.db) as reader:
             metric = reader.metric(args.run)
+            if args.bundle is not None:
+                from results.bundle import BundleError, write_bundle
+
+                try:
+                    written = write_bundle(reader, args.bundle, args.run, args.repo, args.git_branch)
+                except BundleError as e:
+                    print(f"autoresearch-tui report: {e}", file=sys.stderr)
+                    return 2
+                for path in written.files:
+                    print(f"wrote {path}", file=sys.stderr)
+                if written.branch:
+                    print(f"committed the bundle as {written.commit[:12]} on {written.branch}", file=sys.stderr)
+                return 0
             if args.tree:
                 sys.stdout.write(_tree_text(reader, args.run, metric))
             elif args.format == "table":
@@ -188,7 +217,8 @@ def report(argv: list[str]) -> int:
                 note = " (live: from the latest snapshot)" if reader.live else ""
                 sys.stdout.write(f"{args.db}{note}: {metric.label}\n" + fmt.leaderboard_table(rows, metric=metric)
                                  + fmt.noise_lines(reader.noise(args.run))
-                                 + fmt.spending_lines(reader.spending(args.run)))
+                                 + fmt.spending_lines(reader.spending(args.run))
+                                 + fmt.claim_lines(reader.claims(args.run)))
             elif args.format == "tsv":
                 sys.stdout.write(fmt.results_tsv(reader.experiments(args.run), metric))
             else:
@@ -264,6 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     keys, undumpable = take_provider_keys(), make_undumpable()
     from .startup import supervise  # the engine's imports are heavier than report's
 
+    if argv[:1] == ["confirm"]:  # the claim alone, on the latest research line (or --tag's)
+        parser = build_parser()
+        parser.prog = "autoresearch-tui confirm"
+        parser.description = ("Measure the claim of a research line: its frontier and its starting commit run side "
+                              "by side, and the gain is reported with a 95% confidence interval.")
+        args = parser.parse_args(argv[1:])
+        args.confirm_only, args.resume = True, args.resume or not args.tag
+        return supervise(args, keys, undumpable)
     return supervise(build_parser().parse_args(argv), keys, undumpable)
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from scheduler import config as cfg
-from scheduler.gpus import Gpu, GpuSpecError, discover
+from scheduler.gpus import Gpu, GpuSpecError, discover, driver_version
 from scheduler.runs.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose
 from scheduler.runs.workspace import WorkspaceError
 
@@ -168,7 +168,8 @@ def lanes(config: cfg.Config, nvml=None) -> tuple[list[Gpu], list[Check]]:
         return [], [Check("gpu", "lanes", Verdict.FAIL, str(e), "--gpus cpu:N, or a driver that NVML can reach")]
     if all(g.index is None for g in gpus):
         return gpus, [Check("gpu", "lanes", Verdict.OK, f"{len(gpus)} CPU lane(s)")]
-    checks = [Check("gpu", "driver", Verdict.OK, _driver(nvml) or "version not reported")]
+    driver = driver_version(nvml)
+    checks = [Check("gpu", "driver", Verdict.OK, f"NVIDIA driver {driver}" if driver else "version not reported")]
     checks += [Check("gpu", f"{index}", Verdict.WARNING, f"left out: it does not answer ({why})",
                      f"nvidia-smi -q -i {index}; a card that fell off the bus needs a reset or a reboot")
                for index, why in _unusable(nvml).items()]
@@ -186,21 +187,6 @@ def lanes(config: cfg.Config, nvml=None) -> tuple[list[Gpu], list[Check]]:
         else:
             checks.append(Check("gpu", f"{gpu.index}", Verdict.OK, f"{gpu.name}, {memory}, {cc}; idle", None, figures))
     return gpus, checks
-
-
-def _driver(nvml) -> str | None:
-    import pynvml
-
-    nvml = nvml or pynvml
-    try:
-        nvml.nvmlInit()
-        try:
-            version = nvml.nvmlSystemGetDriverVersion()
-            return f"NVIDIA driver {version.decode() if isinstance(version, bytes) else version}"
-        finally:
-            nvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - a driver that does not say is not a failure
-        return None
 
 
 def _unusable(nvml) -> dict[int, str]:

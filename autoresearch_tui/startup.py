@@ -35,7 +35,8 @@ from .notify import Destination, Notifier, NotifyError
 
 log = logging.getLogger("autoresearch")
 
-_FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "plateau", "notify", "tag", "db", "review", "noise_floor",
+_FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "plateau", "notify",
+               "confirm", "confirm_runs", "tag", "db", "review", "noise_floor",
                "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed", "sandbox", "sandbox_read",
                "mcp", "mcp_port", "mcp_host", "claim_seconds", "executor", "ray_address")
 
@@ -49,6 +50,7 @@ def _config(args: argparse.Namespace) -> cfg.Config:
     flags = {name: getattr(args, name) for name in _FLAG_NAMES}
     flags["repo"] = args.repo
     flags["no_ui"], flags["demo"], flags["resume"] = args.no_ui, args.demo, args.resume
+    flags["confirm_only"] = getattr(args, "confirm_only", False)
     flags["target"] = {"editable": args.editable, "command": args.target_command,
                        "constraints": _constraint_flags(args)}
     config = cfg.build(file_values, flags)

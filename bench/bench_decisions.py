@@ -60,6 +60,7 @@ TARGET_FALSE_KEEP = 0.05
 TARGET_WINS_KEPT = 0.90
 TARGET_SIGMA_BAND = 0.40
 TARGET_NO_DRY_UP_BEFORE = 200
+TARGET_CLAIM_COVERAGE = (0.90, 0.98)
 
 
 # -- the research repository ----------------------------------------------------------------------
@@ -275,6 +276,7 @@ class SessionResult:
     sigma_hat_30: float | None  # the engine's noise estimate as of the 30th finished run
     sigma_hat_at: int | None  # ... taken from the decision on the n-th finished run
     dry_up_at: int | None  # experiments run when the proposer had nothing more to try
+    claim: dict | None = None  # the night's claim (the events row), with the truth: true_gain, covered
     notices: list[str] = field(default_factory=list)  # the engine's warnings and errors
     error: str | None = None  # the CLI failed: the tail of its log
 
@@ -479,6 +481,12 @@ def grade(policy: str, sigma: float, seed: int, wall: float, code: int, repo: Pa
             by_kind[r.kind] = by_kind.get(r.kind, 0) + 1
     reason = finished.get("reason")
     ran = sum(1 for r in rows if r.started)
+    claim = next((dict(d) for _, kind, _, d in reversed(events) if kind == "claim"), None)
+    if claim is not None:  # graded like a decision: does its interval hold the true gain?
+        truth.load([claim["start"], claim["frontier"]])
+        claim["true_gain"] = truth.of(claim["start"]) - truth.of(claim["frontier"])
+        low, high = claim.get("ci_low"), claim.get("ci_high")
+        claim["covered"] = None if low is None else low <= claim["true_gain"] <= high
     return SessionResult(
         policy=policy, sigma=sigma, seed=seed, wall_s=wall, exit_code=code, exit_reason=reason,
         experiments=ran, finished=sum(1 for r in rows if r.started and r.finished_at is not None),
@@ -488,7 +496,7 @@ def grade(policy: str, sigma: float, seed: int, wall: float, code: int, repo: Pa
         wins=len(wins), wins_kept=sum(1 for r in wins if r.decision == "keep"),
         start_true=truth.of(start), final_true=truth.of(final), sigma_hat_30=sigma_hat, sigma_hat_at=at,
         dry_up_at=(finished.get("experiments", ran) if reason == DRY_UP_REASON else None),
-        notices=notices, error=error)
+        claim=claim, notices=notices, error=error)
 
 
 # -- the report ---------------------------------------------------------------------------------------------
@@ -500,6 +508,11 @@ def describe(r: SessionResult) -> str:
             f"({r.rate:.1f}/s; {kinds}; {r.disturbed_runs} disturbed), {r.keeps} keeps ({r.false_keeps} false, "
             f"{r.inert_keeps} of no effect), wins kept {r.wins_kept}/{r.wins}, true {r.start_true:.4f} -> "
             f"{r.final_true:.4f}, sigma-hat@30 {sigma_hat}; exit {r.exit_code}: {r.exit_reason}")
+    c = r.claim
+    if c is not None and c.get("gain") is not None:
+        line += (f"\n      claim: gain {c['gain']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] from "
+                 f"{len(c['frontier_values'])} vs {len(c['start_values'])} runs, p {c['p_value']:.2g}; true gain "
+                 f"{c['true_gain']:+.4f}: {'covered' if c['covered'] else 'MISSED'}")
     if r.notices:
         line += f"\n      engine notices ({len(r.notices)}): " + " | ".join(sorted(set(r.notices))[:5])
     if r.error:
@@ -545,6 +558,10 @@ class Group:
         return sum(1 for x in self.sigma_ratios if abs(x - 1) <= TARGET_SIGMA_BAND) / len(self.sessions)
 
     @property
+    def claims(self) -> list[dict]:
+        return [s.claim for s in self.sessions if s.claim is not None and s.claim.get("covered") is not None]
+
+    @property
     def dry_ups(self) -> list[int]:
         return [s.dry_up_at for s in self.sessions if s.dry_up_at is not None]
 
@@ -556,7 +573,7 @@ def percent(x: float | None) -> str:
 def print_table(groups: list[Group]) -> None:
     header = (f"{'policy':<7} {'sigma':>6} {'seeds':>5} {'exps':>6} {'keeps':>5} {'false-keep':>10} "
               f"{'wins>=3s kept':>14} {'final true':>10} {'gap to opt':>10} {'s-hat@30 +-40%':>14} "
-              f"{'|ratio-1|':>9} {'dry-ups':>8}")
+              f"{'|ratio-1|':>9} {'dry-ups':>8} {'claim CI covers':>15}")
     print("=" * len(header))
     print(header)
     print("-" * len(header))
@@ -569,13 +586,16 @@ def print_table(groups: list[Group]) -> None:
         wins = f"{percent(g.wins_kept)} ({g.total('wins_kept')}/{g.total('wins')})"
         false = f"{percent(g.false_keep_rate)} ({g.total('false_keeps')})"
         dry = ",".join(map(str, g.dry_ups)) or "none"
+        claims = g.claims
+        covers = f"{sum(c['covered'] for c in claims)}/{len(claims)}" if claims else "n/a"
         print(f"{g.policy:<7} {g.sigma:>6g} {len(g.sessions):>5} {g.total('experiments'):>6} {g.total('keeps'):>5} "
               f"{false:>10} {wins:>14} {g.final_true:>10.4f} {g.final_true - BASE:>10.4f} {within:>14} "
-              f"{mean_dev:>9} {dry:>8}")
+              f"{mean_dev:>9} {dry:>8} {covers:>15}")
     print("-" * len(header))
     print("exps, keeps, false keeps and wins are summed over seeds; final true is the mean over seeds of the final")
     print(f"frontier's noiseless val_bpb (the optimum is {BASE}); s-hat@30: the engine's noise estimate as of the 30th")
-    print("finished run, within +-40% of the true sigma; dry-ups: experiments run when the proposer had nothing left.")
+    print("finished run, within +-40% of the true sigma; dry-ups: experiments run when the proposer had nothing left;")
+    print("claim CI covers: sessions whose end-of-night claim's 95% interval holds the frontier's true gain over the start.")
 
 
 def verdicts(groups: list[Group], greedy_ran: bool, max_experiments: int) -> list[tuple[str, str, str, str]]:
@@ -606,10 +626,52 @@ def verdicts(groups: list[Group], greedy_ran: bool, max_experiments: int) -> lis
         within = g.sigma_within
         out.append((f"our sigma-hat@30 within +-40%, sigma {sigma:g}", percent(within), "every session",
                     verdict(None if within is None else within >= 1.0)))
+    claims = [c for g in groups for c in g.claims]
+    if claims:  # the interval is the claim's, whichever rule made the frontier: pooled
+        covered = sum(c["covered"] for c in claims) / len(claims)
+        out.append((f"claim 95% CI covers the true gain ({len(claims)} nights)", percent(covered), "90-98%",
+                    verdict(TARGET_CLAIM_COVERAGE[0] <= covered <= TARGET_CLAIM_COVERAGE[1])))
     dry = [d for g in ours.values() for d in g.dry_ups if d < TARGET_NO_DRY_UP_BEFORE]
     note = "" if max_experiments >= TARGET_NO_DRY_UP_BEFORE else f" (sessions of {max_experiments})"
     out.append((f"our dry-ups before {TARGET_NO_DRY_UP_BEFORE} experiments{note}", str(len(dry)), "none",
                 verdict(not dry)))
+    return out
+
+
+# -- the claim's statistics alone --------------------------------------------------------------------------------
+
+def simulate_claims(draws: int, sigmas: list[float], disturbed: float, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """The claim's procedure (results/claim.py: replicas from the noise and the gain, Welch's
+    interval) on draws from this bench's own run model: Gaussian noise of sigma plus, for a
+    `disturbed` share of runs, a loaded machine's +5 sigma. Many more claims than the sessions
+    make, so its coverage is a tight figure; the sessions check that the engine runs it."""
+    import random
+
+    sys.path.insert(0, str(ROOT))
+    from results.claim import compare, replicas
+    from results.metric import Metric
+
+    rng = random.Random(seed)
+    out = []
+    for sigma in sigmas:
+        covered = total = 0
+        runs = []
+        for _ in range(draws):
+            gain = rng.uniform(2, 40) * sigma  # what a night's keeps add up to, in sigmas
+            n = replicas(sigma, gain)  # the engine asks with its estimate; here the truth
+
+            def run(value):
+                return value + sigma * rng.gauss(0, 1) + (DISTURBED_PENALTY * sigma if rng.random() < disturbed else 0)
+
+            result = compare([run(1.0) for _ in range(n)], [run(1.0 - gain) for _ in range(n)], Metric())
+            total += 1
+            covered += result.ci_low <= gain <= result.ci_high
+            runs.append(n)
+        out.append((f"claim CI coverage, simulated, sigma {sigma:g}", f"{covered / total:.1%} ({draws})",
+                    "90-98%", "PASS" if TARGET_CLAIM_COVERAGE[0] <= covered / total <= TARGET_CLAIM_COVERAGE[1]
+                    else "MISS"))
+        print(f"  sigma {sigma:g}: {covered}/{total} intervals hold the true gain; runs per side "
+              f"median {statistics.median(runs):g}, mean {statistics.fmean(runs):.1f}")
     return out
 
 
@@ -630,6 +692,8 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="the interpreter for the CLI (default: this one)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write every session's raw figures to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (repositories, logs)")
+    ap.add_argument("--claims", type=int, default=20_000, metavar="N",
+                    help="claims drawn from the run model to measure the claim's coverage (0: none)")
     args = ap.parse_args()
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     max_experiments = args.max_experiments if args.max_experiments is not None else (60 if args.quick else 200)
@@ -670,6 +734,10 @@ def main() -> int:
         print_table(groups)
         print()
         rows = verdicts(groups, engine.greedy, max_experiments)
+        if args.claims:
+            print(f"the claim's statistics on {args.claims} draws per sigma from the run model:")
+            rows += simulate_claims(args.claims, args.sigmas, args.disturbed)
+            print()
         print(f"{'target':<52} {'value':>18} {'goal':>14} {'':>6}")
         for label, value, goal, v in rows:
             print(f"{label:<52} {value:>18} {goal:>14} {v:>6}")

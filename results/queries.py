@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .claim import Claim
 from .memory_index import terms
 from .metric import Direction, Metric, delta, starting_points
 from .records import (Decision, DecisionSource, Experiment, FrontierMove, Kind, LeaderboardRow, Memory, NoiseRow,
@@ -43,6 +44,14 @@ def experiments(con, run_id: str | None = None, tag: str | None = None) -> list[
     where, params = _scope(run_id, tag)
     sql = f"SELECT {EXPERIMENT_COLUMNS} FROM experiments WHERE {where} ORDER BY id"
     return [experiment_from_row(r) for r in con.execute(sql, params).fetchall()]
+
+
+def claims(con, run_id: str | None = None, tag: str | None = None) -> list[Claim]:
+    """Every claim measured (results/claim.py), oldest first: the end of each night, and each
+    `confirm` asked for."""
+    where, params = _scope(run_id, tag)
+    rows = con.execute(f"SELECT detail FROM events WHERE kind = 'claim' AND {where} ORDER BY id", params).fetchall()
+    return [Claim.from_dict(json.loads(d) if isinstance(d, str) else d) for (d,) in rows]
 
 
 def latest_tag(con) -> str | None:

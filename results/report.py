@@ -8,6 +8,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+from .claim import Claim
 from .metric import Metric, running_best
 from .records import Decision, Experiment, Kind, LeaderboardRow, NoiseRow, SpendingRow, Status
 
@@ -25,11 +26,12 @@ def results_tsv(experiments: list[Experiment], metric: Metric | None = None) -> 
     """Upstream autoresearch's results.tsv, in the order the experiments ran: short commit,
     the metric (val_bpb) to 6 decimals, peak memory in GB to 1 decimal, keep/discard/crash,
     description. A run that did not finish cleanly is a crash with 0.000000 and 0.0.
-    Experiments that never ran (queued, running, rejected) have no line."""
+    Experiments that never ran (queued, running, rejected) have no line, and neither have the
+    claim's side-by-side runs (upstream's format has no word for them; the claim says them)."""
     metric = metric or Metric()
     out = [tsv_header(metric)]
     for e in experiments:
-        if e.status in (Status.QUEUED, Status.RUNNING, Status.REJECTED):
+        if e.status in (Status.QUEUED, Status.RUNNING, Status.REJECTED) or e.kind is Kind.CLAIM:
             continue
         value = metric.value(e)
         if e.status is not Status.OK or value is None:
@@ -88,6 +90,20 @@ def spending_lines(row: SpendingRow) -> str:
     return line + "\n"
 
 
+def claim_lines(claims: list[Claim]) -> str:
+    """The last claim measured: the frontier against the start, with its interval (results/claim.py)."""
+    if not claims:
+        return ""
+    claim = claims[-1]
+    line = f"claim: {claim.text()} (frontier {claim.frontier[:8]} vs start {claim.start[:8]})\n"
+    held = claim.heldout or {}
+    if held.get("gain") is not None:
+        line += f"held-out: {claim.metric} better by {held['gain']:+.4f} on the split the judge never read\n"
+    if held.get("warning"):
+        line += f"warning: {held['warning']}\n"
+    return line
+
+
 def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
@@ -118,7 +134,7 @@ def progress_plot(experiments: list[Experiment], path: Path, title: str = "autor
     import matplotlib.pyplot as plt
 
     metric = metric or Metric()
-    done = [e for e in experiments if e.status.finished and e.status is not Status.REJECTED]
+    done = [e for e in experiments if e.status.finished and e.status is not Status.REJECTED and e.kind is not Kind.CLAIM]
     best = running_best(done, metric)
     scored = [(i, e, v) for i, e in enumerate(done) if e.status is Status.OK for v in [metric.value(e)] if v is not None]
     kept = [(i, v) for i, e, v in scored if e.decision is Decision.KEEP]

@@ -33,6 +33,7 @@ from .memory_index import index_terms
 from .metric import Metric
 from .records import (Decision, DecisionSource, Event, Experiment, FrontierMove, GpuSample, LlmCall, Memory, NoiseRow,
                       SpendingRow, MetricPoint, Run, SUMMARY_COLUMNS)
+from .claim import Claim
 from .schema import SCHEMA_VERSION, TABLES, SchemaTooNew, current_version, migrate
 
 BIG_TABLES = ("metrics", "telemetry")  # snapshotted on a slower cadence: they dominate the size
@@ -328,6 +329,10 @@ class Store:
         with self._lock:
             return queries.experiments(self.con, run_id, tag)
 
+    def claims(self, run_id: str | None = None, tag: str | None = None) -> list[Claim]:
+        with self._lock:
+            return queries.claims(self.con, run_id, tag)
+
     def frontier_moves(self, run_id: str | None = None, tag: str | None = None) -> list[FrontierMove]:
         with self._lock:
             return queries.frontier_moves(self.con, run_id, tag)
@@ -552,6 +557,9 @@ class Reader:
 
     def latest_tag(self) -> str | None:
         return queries.latest_tag(self.con)
+
+    def claims(self, run_id: str | None = None, tag: str | None = None) -> list[Claim]:
+        return queries.claims(self.con, run_id, tag)
 
     def leaderboard(self, run_id: str | None = None, limit: int | None = None):
         return queries.leaderboard(self.con, run_id, limit)

@@ -11,6 +11,8 @@ Example `autoresearch.toml` (every key optional):
     budget = 300              # training seconds per experiment
     max_experiments = 100
     plateau = 30              # warn after this many judged experiments without a keep, end after twice; 0: off
+    confirm = true            # measure the claim at the end: the frontier against the start, side by side
+    confirm_runs = 4          # runs of each (default: as many as the measured noise asks, at most confirm_max = 8)
     notify = ["https://ntfy.sh/my-lab", "slack:https://hooks.slack.com/services/..."]
     review = false
     noise_floor = 0.001       # the least val_bpb improvement ever kept
@@ -70,6 +72,13 @@ class Config:
     # time (0.9**30), sixty 0.2%. On one GPU with 5-minute runs thirty are two and a half hours.
     plateau: int = 30
     notify: tuple[str, ...] = ()  # where a keep, a plateau, a lost lane, a limit, the end are POSTed
+    # The claim at the night's end (scheduler/engine/confirmation.py): the frontier and the start
+    # run side by side, confirm_runs each (None: as many as the measured noise asks, at most
+    # confirm_max). confirm_only: a session that measures the claim and nothing else.
+    confirm: bool = True
+    confirm_runs: int | None = None
+    confirm_max: int = 8
+    confirm_only: bool = False
     db: Path | None = None  # default <repo>/.autoresearch/results.duckdb
     review: bool = False
     resume: bool = False
@@ -129,7 +138,7 @@ def default_tag(today: date | None = None) -> str:
 
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_TOP_KEYS = {f.name for f in fields(Config)} - {"target", "no_ui", "demo", "resume", "repo"}
+_TOP_KEYS = {f.name for f in fields(Config)} - {"target", "no_ui", "demo", "resume", "repo", "confirm_only"}
 _TARGET_KEYS = {f.name for f in fields(Target)}
 
 
@@ -201,6 +210,13 @@ def validate(config: Config) -> Config:
                                               not isinstance(config.context_tokens, int) or config.context_tokens < 1024):
         raise ConfigError(f"context_tokens must be a whole number of at least 1024, not {config.context_tokens!r}.")
     positive("max_experiments", config.max_experiments)
+    if not isinstance(config.confirm, bool):
+        raise ConfigError(f"confirm must be true or false, not {config.confirm!r}.")
+    for name, least in (("confirm_runs", 2), ("confirm_max", 2)):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ConfigError(f"{name} must be a whole number of runs, at least {least} (a spread needs two), "
+                              f"not {value!r}.")
     if isinstance(config.plateau, bool) or not isinstance(config.plateau, int) or config.plateau < 0:
         raise ConfigError(f"plateau must be a whole number of experiments (0 to turn it off), not {config.plateau!r}.")
     positive("hung_seconds", config.hung_seconds, False)

@@ -107,6 +107,21 @@ def discover(spec: str, nvml=None) -> list[Gpu]:
     return lanes
 
 
+def driver_version(nvml=None) -> str | None:
+    """The NVIDIA driver's version ("580.65.06"), or None where there is none or it does not say."""
+    try:
+        if nvml is None:
+            import pynvml as nvml
+        nvml.nvmlInit()
+        try:
+            version = nvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else str(version)
+        finally:
+            nvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no library, no driver: a normal state, not an error
+        return None
+
+
 def _cpu_lanes(count: str) -> list[Gpu]:
     if not _is_number(count) or not 1 <= int(count) <= MAX_CPU_LANES:
         raise GpuSpecError(f"--gpus cpu:N needs N between 1 and {MAX_CPU_LANES}, not {count!r}.")

@@ -42,8 +42,9 @@ def engine(tmp_path, proposer, *, gpus=None, sink=None, trainer_tail="", **setti
     # Generous limits by default, so a loaded machine never turns an ok run into a hung one;
     # the test of every outcome tightens them. Two baselines (not the default four): these tests
     # are about the plumbing, and the fake trainer has no noise to estimate.
+    # No claim at the end unless a test asks: tests/test_confirmation.py is about it.
     settings = {"budget": 1.0, "hung_seconds": 20.0, "timeout_seconds": 40.0, "kill_grace_seconds": 1.0,
-                "target": UPSTREAM_TARGET, "baseline_runs": 2, **settings}
+                "target": UPSTREAM_TARGET, "baseline_runs": 2, "confirm": False, **settings}
     config = Config(repo=repo, tag="t", **settings)
     store = Store(tmp_path / "log.duckdb")
     _OPEN_STORES.append(store)

@@ -439,3 +439,25 @@ def test_compute_processes_are_read_less_often_than_samples():
     wait_for(lambda: len(recorder.samples) >= 5)
     sampler.stop()
     assert card.calls["processes"] == 1
+
+
+def test_the_record_of_what_ran_names_the_driver_the_models_and_the_packages():
+    """scheduler/runs/environment.py, for the runs table and the claim's bundle: the driver from NVML
+    (once, initialised and shut down), the CUDA build from torch's version, no torch import."""
+    from importlib import metadata
+
+    from scheduler.runs.environment import describe
+
+    class WithDriver(FakeNvml):
+        def nvmlSystemGetDriverVersion(self):
+            return b"580.65.06"
+
+    nvml = WithDriver()
+    gpus = [Gpu(0, 0, "GPU-a", "NVIDIA H100 80GB HBM3"), Gpu(1, None, None, "cpu")]
+    found = describe(gpus, nvml)
+    assert found["driver"] == "580.65.06" and (nvml.inits, nvml.shutdowns) == (1, 1)
+    assert found["gpu_models"] == ["NVIDIA H100 80GB HBM3", "cpu"]
+    assert found["packages"]["torch"] == metadata.version("torch")
+    assert found["torch_cuda"] is None  # this machine's build is the CPU one (+cpu)
+    assert describe([Gpu(0, None, None, "cpu")], WithDriver())["driver"] is None  # CPU lanes ask no driver
+    assert describe([gpus[0]], FakeNvml(init_error=pynvml.NVMLError_LibraryNotFound))["driver"] is None

@@ -261,6 +261,7 @@ def test_the_headless_demo_runs_on_the_cluster_and_keeps_and_discards(cluster, t
     assert {d for kind, d, _, _ in rows if kind != "baseline"} >= {"keep", "discard"}
     assert all(0.2 < v < 4.0 for _, _, v, _ in rows)  # real training, on the nodes
     assert {g for *_, g in rows} == {"Ray GPU"}
+    assert "claim: improved val_bpb by " in done.stderr  # the claim's runs ran on the nodes too
 
 
 def test_kill_9_of_the_supervisor_leaves_no_training_process_on_the_nodes(cluster, tmp_path):

@@ -22,11 +22,13 @@ ENTRY = ("import sys; from autoresearch_tui.cli import main; rc = main(sys.argv[
 
 def command(repo, *extra, tag="t", db=None):
     """Two baselines, one per lane, unless a test says otherwise: the fake trainer has no noise
-    for the default four to estimate, and these tests are about the command line."""
+    for the default four to estimate, and these tests are about the command line. No claim at
+    the end unless a test asks (--confirm N): tests/test_confirmation.py is about it."""
     baselines = () if "--baseline-runs" in extra else ("--baseline-runs", "2")
+    claim = () if "--confirm" in extra else ("--no-confirm",)
     return [sys.executable, "-c", ENTRY, "--no-ui", "--gpus", "cpu:2", "--repo", str(repo), "--tag", tag,
             "--editable", "train.py", "--command", "python train.py", "--budget", "1",
-            "--db", str(db or repo.parent / "log.duckdb"), *baselines, *extra]
+            "--db", str(db or repo.parent / "log.duckdb"), *baselines, *claim, *extra]
 
 
 def start(argv):

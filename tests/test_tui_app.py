@@ -206,3 +206,26 @@ def test_a_burst_of_progress_is_drawn_once_a_second_per_lane(monkeypatch):
         assert shown == [2]
 
     drive(app, scenario, size=(120, 40))
+
+
+def test_c_asks_then_sends_confirm_and_the_header_shows_the_claim():
+    from results.claim import Claim
+    from scheduler.engine import events
+    from tui.header import ResearchHeader
+
+    app = fed()
+
+    async def scenario(pilot):
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        assert [c for c in sent(app) if isinstance(c, control.Confirm)] == [control.Confirm(by="ada via tui")]
+        claim = Claim("val_bpb", "a" * 40, "b" * 40, "H100", (11, 13, 15), (12, 14, 16), (1.0, 1.002, 0.998),
+                      (0.99, 0.991, 0.989), 0.01, 0.0075, 0.0125, 0.0003, 4.0)
+        app.sink(events.Claimed(claim))
+        await pilot.pause()
+        app.drain()
+        await pilot.pause()
+        header = app.query_one(ResearchHeader)._shown
+        assert "claim +0.0100 ± 0.0025" in header
+    drive(app, scenario, size=(150, 30))

@@ -39,6 +39,8 @@ ACTIONS: tuple[Action, ...] = (
            footer=False),
     Action("sort", "o", "o", "sort", "Sort the experiments table by the next column (again: reverse)", "table",
            footer=False),
+    Action("confirm", "c", "c", "claim", "Measure the claim now: the frontier and the start run side by side, "
+           "then the night goes on (asks first)", "app", footer=False),
     Action("help", "question_mark", "?", "help", "Show the keys", "app"),
     Action("quit", "q", "q", "quit", "Quit: the running experiments finish first (asks first; q again: now)",
            "app"),

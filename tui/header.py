@@ -44,6 +44,9 @@ def header_text(view: ResearchView, elapsed: float, width: int) -> Text:
         label, style = state
         top.append(f" {label} ", style=style)
         top.append(" ")
+    if view.claim is not None:  # the night's verdict, before the figures that led to it
+        top.append(f" {view.claim.short()} ", style="bold black on green" if view.claim.holds else "bold black on yellow")
+        top.append(" ")
     best = view.best()
     metric = view.metric.name
     if best is not None:

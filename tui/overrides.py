@@ -79,6 +79,13 @@ class Overrides:
             self.view.reviewed(experiment_id)
             self.render_changes()
 
+    def action_confirm(self) -> None:
+        self._ask("Measure the claim now?", "The frontier and the starting commit run side by side on the lanes, "
+                  "a few times each; no new proposal runs until the claim is in, then the night goes on.",
+                  [Choice("y", "measure it", "yes", "success"), Choice("n", "cancel", None)],
+                  lambda _: self.send(control.Confirm(by=self.by), "measuring the claim: the frontier against "
+                                                                   "the start"))
+
     def action_approve(self) -> None:
         self._review(control.Approve)
 

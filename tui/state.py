@@ -11,6 +11,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+from results.claim import Claim
 from results.metric import Metric, delta, running_best, starting_points
 from results.records import Decision, Experiment, FrontierMove, GpuSample, Kind, Status
 from scheduler.engine import events
@@ -164,6 +165,7 @@ class ResearchView:
         self.llm_unpriced = 0
         self.notices: deque[events.Notice] = deque(maxlen=NOTICES_KEPT)
         self.finished: events.Finished | None = None
+        self.claim: Claim | None = None  # the last claim measured: the frontier against the start
         self.quitting: str | None = None  # what this screen asked: None | "graceful" | "now"
         self.table_version = 0
         self._starts: tuple[int, dict] = (-1, {})  # (table_version, starting points) computed then
@@ -243,6 +245,9 @@ class ResearchView:
                 self.changes.header = True
             case events.Notice():
                 self.notices.append(event)
+            case events.Claimed(claim=claim):
+                self.claim = claim
+                self.changes.header = True
             case events.Finished():
                 self.finished = event
                 for lane in self.lanes.values():

@@ -69,7 +69,15 @@ class Quit:
     by: str = ""
 
 
-Command = Keep | Discard | Approve | Reject | PauseLane | ResumeLane | StopRun | Rerun | Quit
+@dataclass(frozen=True)
+class Confirm:
+    """Measure the claim now (scheduler/engine/confirmation.py): the frontier against the start,
+    side by side; the night goes on once it is in."""
+
+    by: str = ""
+
+
+Command = Keep | Discard | Approve | Reject | PauseLane | ResumeLane | StopRun | Rerun | Quit | Confirm
 
 
 def install_signal_handlers(submit) -> None:

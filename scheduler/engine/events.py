@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from results.claim import Claim
 from results.records import DecisionSource, Experiment, GpuSample
 from scheduler.runs.runparse import Progress
 
@@ -147,6 +148,13 @@ class LlmCallFinished:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """The claim is measured: the frontier against the start (results/claim.py)."""
+
+    claim: Claim
+
+
+@dataclass(frozen=True)
 class Finished:
     """The supervisor has stopped; nothing follows."""
 
@@ -157,12 +165,12 @@ class Finished:
 
 
 Event = (LaneChanged | ProposalReady | RunStarted | RunProgress | RunFinished | Decided | NoiseEstimated
-         | FrontierAdvanced | GpuSampled | LlmCallFinished | Notice | Finished)
+         | FrontierAdvanced | GpuSampled | LlmCallFinished | Notice | Claimed | Finished)
 
 _NAMES = {LaneChanged: "lane", ProposalReady: "proposal", RunStarted: "run_started", RunProgress: "progress",
           RunFinished: "run_finished", Decided: "decision", NoiseEstimated: "noise",
           FrontierAdvanced: "frontier", GpuSampled: "gpu",
-          LlmCallFinished: "llm_call", Notice: "notice", Finished: "finished"}
+          LlmCallFinished: "llm_call", Notice: "notice", Claimed: "claim", Finished: "finished"}
 
 
 def event_name(event) -> str:

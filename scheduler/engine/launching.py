@@ -17,6 +17,7 @@ from scheduler.runs.sandbox import Confinement
 from scheduler.runs.workspace import Workspace
 
 from . import events
+from .confirmation import HELDOUT_VARIABLE
 from .drafting import Drafting
 from .inbox import Inbox, RunEnded, RunProgressed
 from .ledger import Ledger
@@ -56,6 +57,8 @@ class Launcher:
             compile_cache = self.compile_cache / slug(lane.model)
             env = child_environment(dict(os.environ), visible_devices=lane.gpu.visible_devices, threads=self.threads,
                                     compile_cache=compile_cache, budget=self.config.budget)
+            if exp.kind is Kind.CLAIM:  # the harness also measures its held-out split (confirmation.py)
+                env[HELDOUT_VARIABLE] = "1"
             spec = RunSpec(exp.id, lane.index, target_command(self.config.target.command), run_dir, env, log_path,
                            timeout_s=self.config.timeout_after(state.run_seconds), hung_s=self.config.hung_seconds,
                            kill_grace_s=self.config.kill_grace_seconds, metric=self.config.target.metric,

@@ -169,6 +169,7 @@ class ResearchState:
     proposals_failed: str | None = None  # why it cannot make any (a model that never calls a tool)
     run_seconds: float | None = None  # the longest a run of the starting point took, start to end
     plateau: Plateau = field(default_factory=lambda: Plateau(0))  # judged in a row without a keep
+    claiming: bool = False  # the claim's runs (confirmation.py) have the lanes: nothing new is drafted
     exit_reason: str = ""
 
     @property
@@ -178,8 +179,8 @@ class ResearchState:
     @property
     def winding_down(self) -> bool:
         """No new proposal runs or is drafted; only the runs that judge results already in hand:
-        --max-experiments reached, or the line ended on a plateau."""
-        return self.out_of_budget or self.plateau.ended
+        --max-experiments reached, the line ended on a plateau, or the claim is being measured."""
+        return self.out_of_budget or self.plateau.ended or self.claiming
 
     def reference(self, commit: str | None, model: str | None) -> float | None:
         """A commit's mean score on a GPU model, lower is better; None if never measured."""

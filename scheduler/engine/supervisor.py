@@ -32,6 +32,7 @@ from agents.proposer import Proposer, ProposerContext
 from results.evidence import RunEvidence
 from results.records import Decision, DecisionSource, Event as StoredEvent, Experiment, Kind, MetricPoint, Run, Status
 from results.store import Store, utcnow
+from scheduler.runs import environment
 from scheduler.config import Config
 from scheduler.gpus import Gpu, TelemetrySampler
 from scheduler.runs.executor import LocalExecutor
@@ -39,6 +40,7 @@ from scheduler.runs.sandbox import SandboxChoice, SandboxMode
 from scheduler.runs.workspace import Workspace
 
 from . import control, events
+from .confirmation import Confirmation
 from .drafting import PROPOSAL_FAILURES_BEFORE_GIVING_UP, Drafting
 from .inbox import (AgentCallsMade, ClusterReach, CommandGiven, GpuLost, GpuSampleTaken, Inbox, LlmCallEnded,
                     MemoryToWrite, Message, ProposalDrafted, ProposalReplayed, Reach, RunEnded, RunProgressed,
@@ -82,6 +84,8 @@ class Supervisor:
                              observe=self._decided, policy=self.judge.policy,
                              drafting_detail=getattr(proposer, "drafting_detail", ""))
         self.promotion = Promotion(self.state, workspace, self.ledger, self.judge)
+        self.confirmation = Confirmation(self.state, self.ledger, config.confirm_runs, config.confirm_max,
+                                         config.noise_floor)
         self.drafting = Drafting(self.state, config, workspace, proposer, self.inbox, self.ledger)
         self.overrides = Overrides(self.state, workspace, self.ledger, self.promotion)
         self.launcher = Launcher(self.state, config, workspace, self.executor, self.inbox, self.ledger, self.drafting,
@@ -99,7 +103,7 @@ class Supervisor:
             LlmCallEnded: lambda m: self.drafting.llm_call(m.call),
             MemoryToWrite: lambda m: self.store.remember(m.text, m.tags, author=m.author, run_id=self.run_id,
                                                          experiment_id=m.experiment_id),
-            CommandGiven: lambda m: self.overrides.apply(m.command),
+            CommandGiven: self._command,
             AgentCallsMade: self._agent_calls, ClusterReach: self._reach,
         }
         if hasattr(proposer, "attach"):  # the LLM agents: memories, transcripts, call accounting
@@ -232,9 +236,55 @@ class Supervisor:
                                                   f"queued again")
 
     def _done(self) -> bool:
-        state = self.state
+        """Whether the night is over: it has ended (_ended) and, where it ended doing its work,
+        its claim is measured."""
+        state, confirmation = self.state, self.confirmation
         if any(lane.run is not None for lane in state.lanes):
             return False
+        if confirmation.active is not None:
+            if state.quitting:  # a person quit: what never started is not measured
+                confirmation.active, state.claiming = None, False
+                return self._ended()
+            model = confirmation.active.model
+            if confirmation.waiting() and any(not lane.lost and lane.model == model for lane in state.lanes):
+                return False
+            ends_night = confirmation.active.ends_night
+            confirmation.settle()
+            state.claiming = False
+            return ends_night
+        if not self._ended():
+            return False
+        if state.failure or state.quitting or not self.config.confirm:
+            return True
+        why = confirmation.begin(ends_night=True)
+        if why is not None and self.config.confirm_only:  # measuring it was all this session was for
+            state.failure = f"no claim to measure: {why}"
+            self.ledger.notice(events.Level.ERROR, state.failure)
+            return True
+        if why is not None:
+            self.ledger.notice(events.Level.INFO, f"no claim to measure: {why}")
+            return True
+        state.claiming = True
+        return False
+
+    def _command(self, message: CommandGiven) -> None:
+        command = message.command
+        if not isinstance(command, control.Confirm):
+            self.overrides.apply(command)
+            return
+        self.ledger.event("confirm", DecisionSource.USER, detail={"by": command.by} if command.by else {}, now=True)
+        why = self.confirmation.begin(ends_night=False)
+        if why is not None:
+            self.ledger.notice(events.Level.WARNING, f"no claim to measure: {why}")
+        else:
+            self.state.claiming = True
+
+    def _ended(self) -> bool:
+        """Whether the night has done what it can (and why, in state.exit_reason)."""
+        state = self.state
+        if self.config.confirm_only:
+            state.exit_reason = "the claim asked for"
+            return True
         if state.quitting:
             state.exit_reason = state.exit_reason or "stopped by request"
             return True
@@ -314,10 +364,17 @@ class Supervisor:
         return None
 
     def _next_follow_up(self, lane: Lane) -> Experiment | None:
-        for exp in self.state.pending:
-            if _follow_up(exp) and exp.gpu_name in (None, lane.model):
-                self.state.pending.remove(exp)
-                return exp
+        """A run that judges what is in hand; while the claim is measured, its runs first (and
+        only those, for `confirm`: the rest waits for the next night)."""
+        state = self.state
+        wanted = [lambda e: e.kind is Kind.CLAIM] if state.claiming else []
+        if not self.config.confirm_only:
+            wanted.append(_follow_up)
+        for follows in wanted:
+            for exp in state.pending:
+                if follows(exp) and exp.gpu_name in (None, lane.model):
+                    state.pending.remove(exp)
+                    return exp
         return None
 
     def _needs_baseline(self, model: str) -> bool:
@@ -517,9 +574,11 @@ class Supervisor:
         self.store.finish_run(self.run_id)
         self.store.flush()
         state = self.state
+        claim = self.confirmation.claim
         self.ledger.emit(events.Finished(state.exit_reason or "error", state.finished, state.frontier,
                                          {"run_id": self.run_id, "branch": self.ws.branch,
-                                          "noise": self.ledger.noise_told()}))
+                                          "noise": self.ledger.noise_told(),
+                                          "claim": claim.text() if claim is not None else None}))
 
     def _drain_records(self) -> None:
         """What the proposer sent while it closed (its last memories and LLM calls) is still
@@ -537,7 +596,8 @@ def _follow_up(exp: Experiment) -> bool:
     """A run that finishes judging an experiment already run (a confirmation, a verification
     on a moved frontier, the reference it needs): it runs even past --max-experiments, so the
     last results of a session are judged, not left as "measured again as #N"."""
-    return exp.kind in (Kind.CONFIRM, Kind.VERIFICATION) or (exp.kind is Kind.BASELINE and exp.reference_for is not None)
+    return (exp.kind in (Kind.CONFIRM, Kind.VERIFICATION, Kind.CLAIM)
+            or (exp.kind is Kind.BASELINE and exp.reference_for is not None))
 
 
 def policy_for(config: Config) -> Policy | GreedyPolicy:
@@ -552,7 +612,9 @@ def _config_record(config: Config, lanes: list[Lane], sandbox: SandboxChoice) ->
             "sandbox": {"asked": config.sandbox, "active": sandbox.active, "summary": sandbox.summary},
             "budget": config.budget, "review": config.review, "noise_floor": config.noise_floor,
             "keep_rule": config.keep_rule, "baseline_runs": config.baseline_runs,
-            "max_experiments": config.max_experiments, "plateau": config.plateau, "target": {"editable": list(config.target.editable),
+            "max_experiments": config.max_experiments, "plateau": config.plateau,
+            "confirm": {"on": config.confirm, "runs": config.confirm_runs, "max": config.confirm_max},
+            "environment": environment.describe([lane.gpu for lane in lanes]), "target": {"editable": list(config.target.editable),
                                                                   "command": config.target.command,
                                                                   "metric": config.target.metric,
                                                                   "direction": config.target.direction,
