@@ -7,6 +7,7 @@ judged, and recorded with links; `confirm` measures it on demand, as does the TU
 
 import json
 import random
+import sys
 
 import pytest
 
@@ -15,6 +16,7 @@ from results.metric import Direction, Metric
 from results.records import Kind, Status
 from scheduler.engine import events
 from scheduler.gpus import Gpu
+from fake_research import make_repo
 from test_engine import ScriptedProposer, engine
 
 # The fake trainer prints this too: heldout_val_bpb from its own expression, per test.
@@ -115,3 +117,54 @@ def test_welch_against_known_values():
     claim = Claim("val_bpb", "a", "b", "cpu", (1, 3), (2, 4), (1.0, 1.0), (0.9, 0.9), 0.1, 0.1, 0.1, 0.0, None)
     assert claim.text() == "improved val_bpb by 0.1000 (2 vs 2 runs, each side measuring the same every time: no noise)"
     assert Claim.from_dict(json.loads(json.dumps(claim.as_dict()))) == claim
+
+
+def test_confirm_measures_the_claim_of_a_finished_line_on_demand(tmp_path):
+    """`autoresearch-tui confirm`: a night that ended without its claim (--no-confirm) gets it
+    later, on the same log: nothing but the claim's runs, exit 0. A line whose frontier never
+    moved has nothing to claim: exit 1 and why."""
+    from test_supervisor_cli import ENTRY, command, start
+
+    def night_and_claim(seed: int):
+        root = tmp_path / f"seed{seed}"
+        repo, db = make_repo(root / "repo"), root / "log.duckdb"
+        night = start(command(repo, "--max-experiments", "3", "--seed", str(seed), "--gpus", "cpu:1", db=db))
+        out, err = night.communicate(timeout=120)
+        assert night.returncode == 0, err[-2000:]
+        kept = [json.loads(line) for line in out.splitlines() if '"event":"frontier"' in line]
+        again = start([sys.executable, "-c", ENTRY, "confirm", "--no-ui", "--gpus", "cpu:1", "--repo", str(repo),
+                       "--editable", "train.py", "--command", "python train.py", "--budget", "1", "--db", str(db)])
+        return kept, *again.communicate(timeout=120), again.returncode
+
+    # The offline mutator's seed 1 tries a change that does not win: nothing to claim
+    kept, out, err, code = night_and_claim(1)
+    assert not kept and code == 1 and "no claim to measure: the frontier never moved" in err, err[-2000:]
+    kept, out, err, code = night_and_claim(0)  # its seed 0 keeps its first change
+    assert kept and code == 0, err[-2000:]
+    seen = [json.loads(line) for line in out.splitlines()]
+    (claim,) = [e["claim"] for e in seen if e["event"] == "claim"]
+    started = [e["experiment"]["kind"] for e in seen if e["event"] == "run_started"]
+    assert started and set(started) == {"claim"}  # the claim's runs and nothing else
+    assert claim["frontier"] == kept[-1]["commit"] and seen[-1]["reason"] == "the claim asked for"
+
+
+def test_a_claim_asked_for_mid_night_is_measured_and_the_night_goes_on(tmp_path, monkeypatch):
+    from scheduler.engine import control
+
+    asked = []
+
+    def ask_after_the_keep(event):
+        if isinstance(event, events.FrontierAdvanced) and not asked:
+            asked.append(True)
+            sup.submit(control.Confirm(by="ada via tui"))
+
+    sup, store, received = engine(tmp_path, ScriptedProposer([{"VALUE": 0.5}, {"VALUE": 0.6}, {"VALUE": 0.4}]),
+                                  gpus=[Gpu(0, None, None, "cpu")], max_experiments=5, confirm=False,
+                                  sink=ask_after_the_keep)
+    assert sup.run() == 0
+    (claim,) = [e.claim for e in received if isinstance(e, events.Claimed)]
+    assert claim.gain == pytest.approx(0.5) and claim.frontier_values == (0.5, 0.5)
+    kinds = [e.kind for e in store.experiments() if e.status.finished]
+    first_claim = kinds.index(Kind.CLAIM)
+    assert Kind.PROPOSAL in kinds[first_claim + 4:]  # the night went on after its claim
+    assert [e.decision.value for e in store.experiments() if e.description == "VALUE=0.4"] == ["keep"]

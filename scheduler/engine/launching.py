@@ -75,7 +75,8 @@ class Launcher:
                                lane.index)
             return
         lane.run = Running(exp, handle)
-        state.started += 1
+        if exp.kind is not Kind.CLAIM:  # the claim measures the research; it is not a step of it
+            state.started += 1
         self.ledger.save(exp)
         self.ledger.emit(events.RunStarted(lane.index, exp, getattr(handle, "pid", None)))
         self.ledger.lane_changed(lane, exp.description)
