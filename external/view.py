@@ -131,7 +131,7 @@ class LabView:
     def status(self, open_lanes: dict[int, str | None]) -> dict:
         with self._lock:
             s = self._s
-            done = [e for e in s.experiments.values() if e.status not in (Status.QUEUED, Status.RUNNING)]
+            done = [e for e in s.experiments.values() if e.status.finished and e.status is not Status.NOT_RUN]
             lanes = []
             for info in s.lanes.values():
                 running = s.experiments.get(info.running) if info.running is not None else None

@@ -7,8 +7,8 @@ import json
 from .claim import Claim
 from .memory_index import terms
 from .metric import Direction, Metric, delta, starting_points
-from .records import (Decision, DecisionSource, Experiment, FrontierMove, Kind, LeaderboardRow, Memory, NoiseRow,
-                      SpendingRow, Status, SUMMARY_COLUMNS)
+from .records import (NEVER_RAN_SQL, Decision, DecisionSource, Experiment, FrontierMove, Kind, LeaderboardRow, Memory,
+                      NoiseRow, SpendingRow, Status, SUMMARY_COLUMNS)
 
 _EXPERIMENT_FIELDS = [
     "id", "run_id", "lane", "kind", "gpu_index", "gpu_uuid", "gpu_name", "worktree", "branch",
@@ -90,7 +90,7 @@ def leaderboard(con, run_id: str | None = None, limit: int | None = None,
     metric = metric or metric_of(con, run_id)
     value_sql, params = metric.sql_value()
     order = "ASC" if metric.direction is Direction.LOWER else "DESC"
-    where = "WHERE status NOT IN ('queued', 'running')" + (" AND run_id = ?" if run_id else "")
+    where = "WHERE status NOT IN ('queued', 'running', 'not_run')" + (" AND run_id = ?" if run_id else "")
     sql = (f"SELECT {EXPERIMENT_COLUMNS}, {value_sql} AS _value FROM experiments {where} "
            f"ORDER BY _value {order} NULLS LAST, id" + (" LIMIT ?" if limit else ""))
     rows = con.execute(sql, params + ([run_id] if run_id else []) + ([limit] if limit else [])).fetchall()
@@ -146,7 +146,7 @@ def spending(con, run_id: str | None = None) -> SpendingRow:
         f"FROM llm_calls{where}", params).fetchall()[0]
     ran, kept = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE decision = 'keep') FROM experiments "
-        f"WHERE kind = 'proposal' AND status NOT IN ('queued', 'running', 'rejected'){where.replace('WHERE', 'AND')}",
+        f"WHERE kind = 'proposal' AND status NOT IN {NEVER_RAN_SQL}{where.replace('WHERE', 'AND')}",
         params).fetchall()[0]
     return SpendingRow(calls, int(tokens_in), int(cached), int(tokens_out), cost, unpriced, ran, kept)
 

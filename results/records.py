@@ -21,10 +21,21 @@ class Status(enum.StrEnum):
     KILLED = "killed"  # stopped by the user
     INTERRUPTED = "interrupted"  # the supervisor died while it ran
     REJECTED = "rejected"  # never ran: touched a file it may not, or a person rejected it
+    NOT_RUN = "not_run"  # never started: the night ended first (why, in the experiment's `error`)
 
     @property
     def finished(self) -> bool:
+        """Settled: it will not change any more (unless a later session runs it after all)."""
         return self not in (Status.QUEUED, Status.RUNNING)
+
+    @property
+    def ran(self) -> bool:
+        """It ran to an end, well or badly: a result or a failure to count."""
+        return self not in NEVER_RAN
+
+
+NEVER_RAN = frozenset({Status.QUEUED, Status.RUNNING, Status.REJECTED, Status.NOT_RUN})
+NEVER_RAN_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(NEVER_RAN)) + ")"  # for a NOT IN
 
 
 class Decision(enum.StrEnum):

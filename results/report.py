@@ -26,12 +26,12 @@ def results_tsv(experiments: list[Experiment], metric: Metric | None = None) -> 
     """Upstream autoresearch's results.tsv, in the order the experiments ran: short commit,
     the metric (val_bpb) to 6 decimals, peak memory in GB to 1 decimal, keep/discard/crash,
     description. A run that did not finish cleanly is a crash with 0.000000 and 0.0.
-    Experiments that never ran (queued, running, rejected) have no line, and neither have the
+    Experiments that never ran (queued, running, rejected, not run) have no line, and neither have the
     claim's side-by-side runs (upstream's format has no word for them; the claim says them)."""
     metric = metric or Metric()
     out = [tsv_header(metric)]
     for e in experiments:
-        if e.status in (Status.QUEUED, Status.RUNNING, Status.REJECTED) or e.kind is Kind.CLAIM:
+        if not e.status.ran or e.kind is Kind.CLAIM:
             continue
         value = metric.value(e)
         if e.status is not Status.OK or value is None:
@@ -134,7 +134,7 @@ def progress_plot(experiments: list[Experiment], path: Path, title: str = "autor
     import matplotlib.pyplot as plt
 
     metric = metric or Metric()
-    done = [e for e in experiments if e.status.finished and e.status is not Status.REJECTED and e.kind is not Kind.CLAIM]
+    done = [e for e in experiments if e.status.ran and e.kind is not Kind.CLAIM]
     best = running_best(done, metric)
     scored = [(i, e, v) for i, e in enumerate(done) if e.status is Status.OK for v in [metric.value(e)] if v is not None]
     kept = [(i, v) for i, e, v in scored if e.decision is Decision.KEEP]

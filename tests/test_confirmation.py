@@ -17,7 +17,7 @@ from results.records import Kind, Status
 from scheduler.engine import events
 from scheduler.gpus import Gpu
 from fake_research import make_repo
-from test_engine import ScriptedProposer, engine
+from test_engine import ScriptedProposer, engine, quick_retries  # noqa: F401 - an autouse fixture
 
 # The fake trainer prints this too: heldout_val_bpb from its own expression, per test.
 HELDOUT = 'print(f"heldout_val_bpb: {{{}:.6f}}")\n'

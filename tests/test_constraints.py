@@ -14,7 +14,7 @@ from results.constraints import Constraint, parse
 from results.metric import Metric
 from results.records import Decision, Kind
 from scheduler import config as cfg
-from test_engine import ScriptedProposer, engine
+from test_engine import ScriptedProposer, engine, quick_retries  # noqa: F401 - an autouse fixture
 from test_supervisor_cli import command, start
 
 MEASURED = '''

@@ -141,6 +141,9 @@ def test_max_cost_stops_the_lanes_lets_the_runs_finish_and_ends_cleanly(limited_
 
     # the runs under way finished and were judged; nothing is left queued or running
     assert rows(run.db, "SELECT count(*) FROM experiments WHERE status IN ('queued', 'running')") == [(0,)]
+    # and whatever was drafted but never started says why (the limit)
+    assert all(error.startswith(f"not run: the night ended ({reason}") for (error,) in
+               rows(run.db, "SELECT error FROM experiments WHERE status = 'not_run'"))
     ran = rows(run.db, "SELECT id, decision FROM experiments WHERE kind = 'proposal' AND status != 'rejected'")
     assert ran and all(decision is not None for _, decision in ran)
     decided = {e["experiment_id"] for e in lines if e["event"] == "decision"}

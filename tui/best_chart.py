@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from textual_plotext import PlotextPlot
 
+from . import figures
 from .state import ResearchView
 
 
@@ -33,4 +34,7 @@ class BestChart(PlotextPlot):
             plt.scatter(xs, ys, marker="dot", color="gray")
         if best_x:
             plt.plot(best_x, best_y, marker="braille", color="green")
+        bounds = figures.axis_range([*ys, *best_y])
+        if bounds is not None:
+            plt.ylim(*bounds)
         self.refresh()

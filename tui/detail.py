@@ -137,7 +137,7 @@ def _title(view: ResearchView, exp: Experiment) -> Text:
     text.append(f" #{exp.id} ", style="bold reverse")
     text.append(f" {exp.kind} · lane {exp.lane} · ")
     text.append(view.status_text(exp), style="bold red" if exp.status not in (Status.OK, Status.RUNNING,
-                                                                               Status.QUEUED) else "bold")
+                                                                               Status.QUEUED, Status.NOT_RUN) else "bold")
     value = view.value(exp)
     if value is not None:
         text.append(f" · {view.metric.name} {figures.bpb(value)} ({figures.delta(view.delta(exp))} vs baseline)")

@@ -20,7 +20,8 @@ COLUMNS = (("#", "id"), ("lane", "lane"), ("status", "status"), ("{metric}", "va
            ("decision", "decision"), ("description", "description"))
 SORT_ORDER = ("id", "value", "delta", "status", "decision", "lane", "description")
 STATUS_STYLES = {Status.OK: "green", Status.RUNNING: "bold cyan", Status.QUEUED: "dim",
-                 Status.KILLED: "yellow", Status.INTERRUPTED: "yellow", Status.REJECTED: "magenta"}
+                 Status.KILLED: "yellow", Status.INTERRUPTED: "yellow", Status.REJECTED: "magenta",
+                 Status.NOT_RUN: "italic dim"}
 
 
 class ExperimentsPanel(Vertical):

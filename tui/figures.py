@@ -110,3 +110,14 @@ def bar(fraction: float | None, width: int) -> str:
     full, part = divmod(eighths, 8)
     text = "█" * full + ("▏▎▍▌▋▊▉"[part - 1] if part else "")
     return text + "░" * (width - len(text))
+
+
+def axis_range(values: Sequence[float], margin: float = 0.1) -> tuple[float, float] | None:
+    """A y-axis for these values: their span with `margin` of it either side. A single value (or
+    a flat line) gets a band of 1% of itself, not the plotting library's default, which drew a
+    flat 1.52 on an axis from 0.76 to 2.28."""
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * margin if hi > lo else max(abs(lo) * 0.01, 1e-3)
+    return lo - pad, hi + pad

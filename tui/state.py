@@ -388,7 +388,7 @@ class ResearchView:
                 c.running += 1
             elif e.status is Status.QUEUED:
                 c.queued += 1
-            elif e.status is not Status.REJECTED:
+            elif e.status.ran:
                 c.done += 1
             if e.status in FAILURES:
                 c.crashed += 1

@@ -17,7 +17,7 @@ from results.records import Status
 from .messages import ExperimentChosen
 from .state import ResearchView
 
-OUTCOME_STYLES = {"keep": "bold green", "discard": "dim", "running": "yellow", "queued": "italic dim",
+OUTCOME_STYLES = {"keep": "bold green", "discard": "dim", "running": "yellow", "queued": "italic dim", "not_run": "italic dim",
                   "rejected": "dim red", "killed": "magenta", "interrupted": "magenta"}
 FAILED = "bold red"  # crash, oom, nan, timeout, hung
 

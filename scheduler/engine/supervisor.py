@@ -229,7 +229,13 @@ class Supervisor:
                 state.plateau.since = exp.id  # a resumed line counts from its last keep (or its start)
             if exp.status is Status.INTERRUPTED and exp.id not in requeued and exp.commit:
                 self._run_again(exp)
-            elif exp.status is Status.QUEUED and exp.run_id != self.run_id:
+            elif exp.status in (Status.QUEUED, Status.NOT_RUN) and exp.kind is not Kind.CLAIM:
+                # What an earlier session never started (queued when a supervisor was killed, or
+                # recorded not_run when a night ended) runs now, as it was; a claim's runs belong
+                # to that session's claim, and stay as they are.
+                if exp.status is Status.NOT_RUN:
+                    exp = replace(exp, status=Status.QUEUED, error=None, finished_at=None)
+                    self.ledger.save(exp)
                 state.pending.append(exp)
         if self.resumed and state.pending:
             self.ledger.notice(events.Level.INFO, f"{len(state.pending)} experiment(s) from the last session "
@@ -551,6 +557,7 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         self.ledger.write_deferred()
+        self._settle_unstarted()
         for close in self.on_close:  # the MCP server: its last calls reach the log below
             try:
                 close()
@@ -579,6 +586,15 @@ class Supervisor:
                                          {"run_id": self.run_id, "branch": self.ws.branch,
                                           "noise": self.ledger.noise_told(),
                                           "claim": claim.text() if claim is not None else None}))
+
+    def _settle_unstarted(self) -> None:
+        """The night is over: what was queued or drafted and never started says so, with why,
+        rather than claim a future it will not have (--resume queues it again)."""
+        state = self.state
+        why = f"not run: the night ended ({state.exit_reason or 'an error of ours'})"
+        for exp in list(state.experiments.values()):
+            if exp.status is Status.QUEUED:
+                self.ledger.save(replace(exp, status=Status.NOT_RUN, error=why, finished_at=utcnow()))
 
     def _drain_records(self) -> None:
         """What the proposer sent while it closed (its last memories and LLM calls) is still
