@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-tokens", type=int, metavar="N",
                         help="the model's context window in tokens (default: asked of the server, else 200k for "
                              "anthropic, 128k for openai, 8192 for another OpenAI-compatible server)")
+    _key_arguments(parser)
     parser.add_argument("--max-cost", type=float, metavar="USD",
                         help="the most this session may spend on LLM calls, in US dollars: then the lanes stop "
                              "proposing, and the runs under way finish and are judged")
@@ -116,6 +117,7 @@ def build_doctor_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agent", help="offline, anthropic:MODEL or openai:MODEL")
     parser.add_argument("--base-url", help="the LLM provider's endpoint, for a proxy or a local server")
     parser.add_argument("--context-tokens", type=int, metavar="N", help="the model's context window in tokens")
+    _key_arguments(parser)
     parser.add_argument("--tag", help="the research line whose frontier branch to look at")
     parser.add_argument("--editable", action="append", metavar="PATH", help="a file the agents may edit")
     parser.add_argument("--command", dest="target_command", help="the training command")
@@ -127,6 +129,13 @@ def build_doctor_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="skip the smoke run (seconds instead of a minute)")
     parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
     return parser
+
+
+def _key_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key-file", type=Path, metavar="PATH",
+                        help="read the provider key from this file (mode 600) instead of the environment")
+    parser.add_argument("--key-command", metavar="CMD",
+                        help="run CMD once at start for the provider key (e.g. 'pass show openai')")
 
 
 def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +156,8 @@ def doctor(argv: list[str]) -> int:
     try:
         file_values = cfg.load_file(args.config) if args.config else {}
         flags = {name: getattr(args, name) for name in ("gpus", "agent", "base_url", "context_tokens", "tag",
-                                                        "sandbox", "sandbox_read", "executor", "ray_address")}
+                                                        "sandbox", "sandbox_read", "executor", "ray_address",
+                                                        "key_file", "key_command")}
         flags["target"] = {"editable": args.editable, "command": args.target_command}
         config = cfg.build(file_values, flags)
     except cfg.ConfigError as e:

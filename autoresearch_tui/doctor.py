@@ -24,12 +24,12 @@ from pathlib import Path
 
 from scheduler import config as cfg
 from scheduler.gpus import Gpu, GpuSpecError, discover, driver_version
+from scheduler.runs.key_sources import KEYRING_SERVICE, VARIABLES, KeySource, KeySourceError, provider_key
 from scheduler.runs.sandbox import Sandbox, SandboxMode, SandboxUnavailable, choose
 from scheduler.runs.workspace import WorkspaceError
 
 MIN_FREE_GB = 1.0  # below this a night cannot even write its logs and checkpoints
 LOW_FREE_GB = 10.0
-KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 class Verdict(enum.StrEnum):
@@ -427,16 +427,30 @@ def agent(config: cfg.Config) -> list[Check]:
         return [Check("agent", "proposer", Verdict.OK, "external agents through the MCP server (no key here); "
                       "`autoresearch-tui agent-files --for claude|codex` writes what starts them")]
     provider, model = config.agent.split(":", 1)
-    key = KEYS[provider]
-    if not os.environ.get(key) and not (provider == "openai" and config.base_url):
-        return [Check("agent", "key", Verdict.FAIL, f"{key} is not set", f"export {key}=... (never on the "
-                      f"command line: it would stay in the shell's history)")]
-    out = [Check("agent", "key", Verdict.OK, f"{key} is set" if os.environ.get(key) else
-                 f"no {key}: a local server needs none")]
+    key = VARIABLES[provider]
+    try:  # the same sources, in the same order, as a night (scheduler/runs/key_sources.py)
+        found = provider_key(provider, key_file=config.key_file, key_command=config.key_command,
+                             environment=dict(os.environ))
+    except KeySourceError as e:
+        return [Check("agent", "key", Verdict.FAIL, str(e), "fix the key file or key_command (the message says how)")]
+    if found is None and not (provider == "openai" and config.base_url):
+        return [Check("agent", "key", Verdict.FAIL, f"no key for {provider}: no key file, key command, keyring "
+                      f"entry or {key}", f"write it to a file only you may read (chmod 600) and pass --key-file, "
+                      f"or `keyring set {KEYRING_SERVICE} {key}`, or (where any process of yours can read it from "
+                      f"the shell's environment) export {key}=...")]
+    if found is None:
+        out = [Check("agent", "key", Verdict.OK, f"no {key}: a local server needs none")]
+    elif found.source is KeySource.ENVIRONMENT:  # never its value; and the truth about the launcher's copy
+        out = [Check("agent", "key", Verdict.OK, f"{found.said()}: the shell (and uv) that start a night keep it in "
+                     f"their environment, which a run outside the sandbox can read; --key-file PATH (mode 600), "
+                     f"key_command or `keyring set {KEYRING_SERVICE} {key}` keep it out of every environment")]
+    else:
+        out = [Check("agent", "key", Verdict.OK, f"{found.said()}: in no process environment")]
     from agents.llm import CallInfo, Client, LlmError, Message
 
     client = Client(provider, model, base_url=config.base_url, context_tokens=config.context_tokens,
-                    max_tokens=16, retry_budget_s=4.0, request_timeout_s=30.0)
+                    max_tokens=16, retry_budget_s=4.0, request_timeout_s=30.0,
+                    api_key=found.value if found is not None else None)
 
     async def ask():
         try:
@@ -463,7 +477,7 @@ def agent(config: cfg.Config) -> list[Check]:
 def _agent_fix(error: str, config: cfg.Config) -> str:
     provider = config.agent.split(":", 1)[0]
     if "401" in error or "403" in error or "authentication" in error.lower():
-        return f"the key was refused: check {KEYS[provider]}"
+        return f"the key was refused: check {VARIABLES[provider]}"
     if "404" in error or "not found" in error.lower() or "model" in error.lower() and "400" in error:
         return "check the model name after --agent (the provider's own spelling)"
     if "Connection" in error or "connect" in error.lower():

@@ -24,6 +24,7 @@ from scheduler.engine.control import install_signal_handlers
 from scheduler.engine.inbox import AgentCallsMade, ClusterReach, Inbox, MemoryToWrite
 from scheduler.engine.supervisor import Supervisor
 from scheduler.gpus import GpuSpecError, discover
+from scheduler.runs.key_sources import KEYRING_SERVICE, VARIABLES, KeySource, KeySourceError, provider_key
 from scheduler.runs.keys import make_undumpable, take_provider_keys
 from scheduler.runs.sandbox import SandboxChoice, SandboxMode, SandboxUnavailable, choose
 from scheduler.runs.workspace import Workspace, WorkspaceError
@@ -35,7 +36,7 @@ from .notify import Destination, Notifier, NotifyError
 
 log = logging.getLogger("autoresearch")
 
-_FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "max_cost", "budget", "max_experiments", "plateau", "notify",
+_FLAG_NAMES = ("gpus", "agent", "base_url", "context_tokens", "key_file", "key_command", "max_cost", "budget", "max_experiments", "plateau", "notify",
                "confirm", "confirm_runs", "tag", "db", "review", "noise_floor",
                "baseline_runs", "keep_rule", "hung_seconds", "timeout_seconds", "seed", "sandbox", "sandbox_read",
                "mcp", "mcp_port", "mcp_host", "claim_seconds", "executor", "ray_address")
@@ -106,14 +107,36 @@ def _proposer(config: cfg.Config, keys: dict[str, str], workspace: Workspace):
     if config.agent == "offline":
         return OfflineMutator(seed=config.seed, include=DEMO_KNOBS if config.demo else None)
     provider, model = config.agent.split(":", 1)
-    key = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}[provider]
-    # Keys come from the environment only, taken out of it at start (scheduler/runs/keys.py); a
-    # local OpenAI-compatible server (--base-url) usually needs none.
+    key = VARIABLES[provider]
+    # The key as key_sources found it (a file, a command, the keyring, else the environment,
+    # taken out of it at start); a local OpenAI-compatible server (--base-url) usually needs none.
     if not keys.get(key) and not (provider == "openai" and config.base_url):
-        raise UsageError(f"--agent {config.agent} needs {key} in the environment.")
+        raise UsageError(f"--agent {config.agent} needs a key: --key-file PATH, key_command, the keyring "
+                         f"(`keyring set {KEYRING_SERVICE} {key}`) or {key} in the environment.")
     client = Client(provider, model, base_url=config.base_url, context_tokens=config.context_tokens,
                     purse=_purse(config), api_key=keys.get(key))
     return LlmProposer(client)  # attach() tells it the number of lanes
+
+
+def _provider_key(config: cfg.Config, keys: dict[str, str]):
+    """The LLM agent's key from the first source that has it (scheduler/runs/key_sources.py);
+    None for agents that need none."""
+    if config.agent in ("offline", "external") or ":" not in config.agent:
+        return None
+    return provider_key(config.agent.split(":", 1)[0], key_file=config.key_file, key_command=config.key_command,
+                        environment=keys)
+
+
+def _key_note(found, sandbox: SandboxChoice) -> str:
+    """What the started notice says of the key: where it came from, and the truth about the
+    environment's copies, which this process cannot take back from the processes that started it."""
+    said = f"the provider key: {found.said()}"
+    if found.source is not KeySource.ENVIRONMENT:
+        return said + ", in no process environment"
+    hidden = ("the sandbox hides those processes from the runs" if sandbox.active
+              else "a run can read them, since runs are not sandboxed")
+    return (said + ": this process holds no copy in its environment, but the processes that started it "
+                   f"(the shell, uv) still do; {hidden}; --key-file, key_command or the keyring avoid that")
 
 
 def _purse(config: cfg.Config) -> Purse | None:
@@ -136,13 +159,16 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
     try:
         config = _config(args)
         _purse(config)  # before anything is written: a limit that cannot be kept is bad input
+        found = _provider_key(config, keys)  # a key file or command that fails is bad input too
+        if found is not None:
+            keys = {**keys, found.variable: found.value}
         destinations = [Destination.parse(url) for url in config.notify]
         repo = (config.repo or Path(".")).resolve()
         if config.demo:
             prepare_data(repo)
         config = replace(config, repo=repo)
         store = Store(config.db_path)
-    except (cfg.ConfigError, DemoError, StoreError, UsageError, NotifyError) as e:
+    except (cfg.ConfigError, DemoError, StoreError, UsageError, NotifyError, KeySourceError) as e:
         return _usage(e)
     try:
         if not config.tag:
@@ -189,6 +215,8 @@ def supervise(args: argparse.Namespace, keys: dict[str, str] | None = None, undu
         announce: tuple[str, ...] = ()
         if config.serves_agents:
             door, announce = _open_door(config, store, workspace, gpus, proposer, inbox, listeners)
+        if found is not None:
+            announce = (*announce, _key_note(found, sandbox))
 
         def engine(events_sink):
             supervisor = Supervisor(config, store, workspace, gpus, proposer, events_sink, sandbox=sandbox,

@@ -8,6 +8,7 @@ Example `autoresearch.toml` (every key optional):
     base_url = "http://127.0.0.1:8080/v1"   # a proxy or a local OpenAI-compatible server
     context_tokens = 8192     # the model's window (default: asked of the server)
     max_cost = 20.0           # US dollars of LLM calls this session may spend
+    key_file = "~/.config/autoresearch/openai.key"   # the provider key, mode 600 (or key_command = "pass show openai")
     budget = 300              # training seconds per experiment
     max_experiments = 100
     plateau = 30              # warn after this many judged experiments without a keep, end after twice; 0: off
@@ -63,6 +64,10 @@ class Config:
     agent: str = "offline"
     base_url: str | None = None
     context_tokens: int | None = None  # the LLM's context window; None: ask the server, else a default
+    # Where the provider key comes from instead of the environment (scheduler/runs/key_sources.py):
+    # a file only its owner may read, or a command run once at start.
+    key_file: Path | None = None
+    key_command: str | None = None
     max_cost: float | None = None  # US dollars this session may spend on LLM calls; None: no limit
     budget: float | None = None  # None: the trainer's own (300 s for the full profile)
     max_experiments: int | None = None
@@ -210,6 +215,12 @@ def validate(config: Config) -> Config:
                                               not isinstance(config.context_tokens, int) or config.context_tokens < 1024):
         raise ConfigError(f"context_tokens must be a whole number of at least 1024, not {config.context_tokens!r}.")
     positive("max_experiments", config.max_experiments)
+    if config.key_command is not None and (not isinstance(config.key_command, str) or not config.key_command.strip()):
+        raise ConfigError("key_command must be a command line that prints the key, e.g. \"pass show openai\".")
+    if config.key_file is not None and not isinstance(config.key_file, Path):
+        if not isinstance(config.key_file, str) or not config.key_file:
+            raise ConfigError("key_file must be the path of a file that holds the key.")
+        config = replace(config, key_file=Path(config.key_file))
     if not isinstance(config.confirm, bool):
         raise ConfigError(f"confirm must be true or false, not {config.confirm!r}.")
     for name, least in (("confirm_runs", 2), ("confirm_max", 2)):

@@ -212,6 +212,9 @@ def test_a_refused_key_names_the_key_and_never_prints_it(repo, tiny_cache, tmp_p
     assert result.returncode == table.returncode == 1
     assert failures(payload) == [("agent", "call")]
     assert find(payload, "agent", "key")["verdict"] == "ok"
+    # where the key came from, never its value, and the truth about the launcher's copy
+    assert find(payload, "agent", "key")["detail"].startswith("OPENAI_API_KEY from the environment (OPENAI_API_KEY): "
+                                                             "the shell (and uv) that start a night keep it")
     call = find(payload, "agent", "call")
     assert "401" in call["detail"] and "OPENAI_API_KEY" in call["fix"]
     for out in (result.stdout, result.stderr, table.stdout, table.stderr):
