@@ -61,6 +61,7 @@ TARGET_WINS_KEPT = 0.90
 TARGET_SIGMA_BAND = 0.40
 TARGET_NO_DRY_UP_BEFORE = 200
 TARGET_CLAIM_COVERAGE = (0.90, 0.98)
+CLAIM_NIGHTS_TO_GRADE = 50
 
 
 # -- the research repository ----------------------------------------------------------------------
@@ -292,6 +293,7 @@ class Engine:
     path: Path
     python: str
     greedy: bool
+    sandbox: bool = False  # whether its CLI has --sandbox (and so may confine the runs)
 
     def argv(self) -> list[str]:
         # pyproject's entry point (autoresearch_tui.cli:main), called as the console script calls it,
@@ -311,7 +313,7 @@ def find_engine(path: Path, python: str) -> Engine:
                                text=True, timeout=120).stdout
     if "--no-ui" not in help_text:
         raise SystemExit(f"{path} does not look like an autoresearch-tui checkout (its --help has no --no-ui)")
-    return Engine(path, python, "--keep-rule" in help_text)
+    return Engine(path, python, "--keep-rule" in help_text, "--sandbox" in help_text)
 
 
 def run_session(engine: Engine, work: Path, policy: str, sigma: float, seed: int, max_experiments: int,
@@ -325,6 +327,8 @@ def run_session(engine: Engine, work: Path, policy: str, sigma: float, seed: int
     argv = [*engine.argv(), "--no-ui", "--gpus", f"cpu:{LANES}", "--repo", str(repo), "--editable", "train.py",
             "--command", "python train.py", "--budget", "1", "--max-experiments", str(max_experiments),
             "--seed", str(seed), "--tag", "bench"]
+    if engine.sandbox:  # the stand-in harness counts each code's runs in a folder outside the worktree
+        argv += ["--sandbox", "none"]
     if policy == "greedy":
         argv += ["--keep-rule", "greedy"]
     t0 = time.monotonic()
@@ -629,8 +633,11 @@ def verdicts(groups: list[Group], greedy_ran: bool, max_experiments: int) -> lis
     claims = [c for g in groups for c in g.claims]
     if claims:  # the interval is the claim's, whichever rule made the frontier: pooled
         covered = sum(c["covered"] for c in claims) / len(claims)
+        # A share of a few nights says little (8 of 8 is what a 95% interval gives 66% of the
+        # time): graded from CLAIM_NIGHTS_TO_GRADE nights on; the simulated figure below is tight.
+        graded = len(claims) >= CLAIM_NIGHTS_TO_GRADE
         out.append((f"claim 95% CI covers the true gain ({len(claims)} nights)", percent(covered), "90-98%",
-                    verdict(TARGET_CLAIM_COVERAGE[0] <= covered <= TARGET_CLAIM_COVERAGE[1])))
+                    verdict(TARGET_CLAIM_COVERAGE[0] <= covered <= TARGET_CLAIM_COVERAGE[1] if graded else None)))
     dry = [d for g in ours.values() for d in g.dry_ups if d < TARGET_NO_DRY_UP_BEFORE]
     note = "" if max_experiments >= TARGET_NO_DRY_UP_BEFORE else f" (sessions of {max_experiments})"
     out.append((f"our dry-ups before {TARGET_NO_DRY_UP_BEFORE} experiments{note}", str(len(dry)), "none",

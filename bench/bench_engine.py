@@ -295,9 +295,12 @@ def build(tmp: Path, name: str, *, lanes: list[Gpu], duration: float, rate: floa
     repo = make_repo(tmp / name / "repo", duration, rate, knobs, lines_per_write)
     # Two baselines, as when these figures were first taken: the engine's default (two rounds of
     # the lanes) would change what the pipelining part measures, not how the engine pipelines.
+    # No claim at the end (scheduler/engine/confirmation.py): it starts once every lane's last run
+    # is judged, so the lanes that finish first wait up to a run for it, once a night; that is the
+    # claim's cost, not the pipelining this measures.
     config = Config(repo=repo, tag="bench", target=UPSTREAM_TARGET, max_experiments=max_experiments,
                     hung_seconds=max(60.0, 4 * duration), timeout_seconds=4 * duration + 60,
-                    baseline_runs=BASELINES)
+                    baseline_runs=BASELINES, confirm=False)
     store = Store(tmp / name / "results.duckdb")
     proposer = SleepyProposer(latency, knobs)
     sup = Supervisor(config, store, Workspace(repo, config.tag, config.target.editable), lanes, proposer, sink,
@@ -306,6 +309,42 @@ def build(tmp: Path, name: str, *, lanes: list[Gpu], duration: float, rate: floa
 
 
 # -- [1] pipelining ----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def bad_receivers():
+    """A Notifier (autoresearch_tui/notify.py) whose receivers are a closed port and a server on
+    127.0.0.1 that sleeps 10 s before each answer; closed (waiting at most 1 s) on exit."""
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from autoresearch_tui.notify import Destination, Notifier
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            time.sleep(10)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    notifier = Notifier([Destination.parse(f"http://127.0.0.1:{closed}/down"),
+                         Destination.parse(f"http://127.0.0.1:{server.server_address[1]}/slow")], "bench")
+    try:
+        yield notifier
+    finally:
+        notifier.close(wait_s=1.0)
+        server.shutdown()
+        server.server_close()
+
 
 @dataclass
 class LaneFigures:
@@ -339,10 +378,14 @@ def lane_figures(recorder: Recorder) -> list[LaneFigures]:
 
 
 def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoice | None = None,
-                     cluster=None) -> dict:
-    """`cluster`: a RayCluster (scheduler/cluster/raycluster.py) whose GPUs are the lanes, else CPU lanes here."""
+                     cluster=None, notify: bool = False) -> dict:
+    """`cluster`: a RayCluster (scheduler/cluster/raycluster.py) whose GPUs are the lanes, else CPU lanes here.
+    `notify`: the sink also feeds --notify's Notifier, whose two receivers are a closed port and
+    one that takes 10 s to answer each POST: the lanes must not notice."""
     lanes = cluster.lanes(str(PIPELINE_LANES)) if cluster else [Gpu(i, None, None, "cpu") for i in range(PIPELINE_LANES)]
-    recorder = Recorder(lanes=len(lanes))
+    receivers = contextlib.ExitStack()
+    notifier = receivers.enter_context(bad_receivers()) if notify else None
+    recorder = Recorder(inner=notifier, lanes=len(lanes))
     # A few progress lines per second, as a real trainer prints about one per step.
     sup, store, _ = build(tmp, "pipelining", lanes=lanes, duration=T, rate=4.0, latency=L,
                           max_experiments=PIPELINE_LANES * N, sink=recorder, sandbox=sandbox,
@@ -352,6 +395,8 @@ def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoi
     code = sup.run()
     # The supervisor process's CPU over the whole session, every thread (on Ray, its driver's too).
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    couriers = notifier.couriers if notifier is not None else []
+    receivers.close()
     rows = store.experiments()
     store.close()
     figures = lane_figures(recorder)
@@ -388,7 +433,8 @@ def bench_pipelining(tmp: Path, T: float, L: float, N: int, sandbox: SandboxChoi
             "rebased": sum(1 for e in rows if e.drafted_on is not None),
             "rejected": sum(1 for e in rows if e.status.value == "rejected"),
             "exit_reason": sup.exit_reason, "cpu_pct": 100 * cpu / wall,
-            "transfers": list(getattr(sup.executor, "transfers", []))}
+            "transfers": list(getattr(sup.executor, "transfers", [])),
+            "notified": [(c.destination.shown, c.sent, c.failed, c.queue.qsize()) for c in couriers]}
 
 
 def print_pipelining(res: dict, T: float, L: float) -> None:
@@ -398,6 +444,8 @@ def print_pipelining(res: dict, T: float, L: float) -> None:
           f"rejected {res['rejected']}")
     for notice in res["recorder"].notices:
         print(f"  ! {notice}")
+    for shown, sent, failed, waiting in res["notified"]:
+        print(f"  --notify {shown}: {sent} delivered, {failed} failed, {waiting} still queued at the end")
     print(f"  {'lane':>4} {'runs':>5} {'span s':>8} {'busy':>8} {'busy(child)':>12} {'gaps s (engine view)':<40}")
     for f in res["lanes"]:
         child = f"{f.child_busy:.2%}" if f.child_busy is not None else "n/a"
@@ -665,6 +713,8 @@ def main() -> int:
                     help="extra passes of [2] that split its cost: lines written 5 at a time (fewer wakeups), "
                          "events JSON-encoded but not written, and --profile")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--notify", action="store_true",
+                    help="[1] with --notify to a closed port and to a receiver that answers after 10 s")
     ap.add_argument("--executor", choices=("local", "ray"), default="local",
                     help="[1] on a Ray cluster's GPUs: --ray-address, or a local one started here (4 logical GPUs)")
     ap.add_argument("--ray-address", help="an existing Ray cluster for --executor ray")
@@ -701,7 +751,7 @@ def main() -> int:
                     pipe["ray_rss_mb"] = ray_memory_mb()
                 print(f"  on Ray: the Ray processes of this machine held {pipe['ray_rss_mb']:.0f} MB (RSS) at the end")
             else:
-                pipe = bench_pipelining(tmp, T, L, N, sandbox)
+                pipe = bench_pipelining(tmp, T, L, N, sandbox, notify=args.notify)
             print_pipelining(pipe, T, L)
         if args.part in ("2", "all"):
             print("\n[2] supervisor CPU")
